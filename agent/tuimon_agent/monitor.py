@@ -1,0 +1,367 @@
+"""The training-thread side: :func:`watch` and :class:`Monitor`."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from . import discovery, protocol
+from .transport import AgentThread, RunConfig
+
+_time = time.time
+
+# Queue item tags (the training thread enqueues plain tuples; the agent thread turns them into records).
+_LOG = 0
+_EVAL = 1
+_OPT = 2
+_END = 3
+
+DEFAULT_QUEUE = 100_000
+
+_live: weakref.WeakSet[Monitor] = weakref.WeakSet()
+_hooks_installed = False
+_prev_sigterm: Any = None
+
+
+def _warn(message: str) -> None:
+    try:
+        print(f"tuimon: {message}", file=sys.stderr, flush=True)
+    except Exception:  # stderr closed: nothing more to do
+        pass
+
+
+class Monitor:
+    """Publishes a training run's metrics to tuimon viewers and its run file, without slowing down training.
+
+    The training thread only appends to a bounded in-memory queue (about a microsecond per :meth:`log`); an agent
+    thread converts tensors, encodes, publishes over ZeroMQ and commits to the SQLite run file. When the queue is
+    full the oldest item is dropped and counted, never waited on. Any internal failure disables the monitor with one
+    warning on stderr; it never raises into the training loop. Use :func:`watch` to create one.
+
+    Args:
+        model: A ``torch.nn.Module`` whose layers the hello record describes, or ``None``.
+        optimizer: A ``torch.optim.Optimizer`` whose param groups' hyperparameters are recorded every step, or
+            ``None``.
+        run: The run's name (default: the script's name).
+        dir: Where run directories go (default ``$TUIMON_DIR`` or ``./tuimon-runs``).
+        endpoint: ``"ipc"`` (default: sockets in the private runtime directory), ``"tcp"`` (127.0.0.1, free
+            ports) or ``"tcp://127.0.0.1:PORT"`` (PUB on PORT, ROUTER on PORT+1).
+        queue_size: Items the queue holds before it drops the oldest.
+        commit_interval: Seconds between run-file commits (what SIGKILL can lose at most).
+        persist: Write the run file.
+        publish: Open sockets and a connection file for live viewers.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        optimizer: Any = None,
+        *,
+        run: str | None = None,
+        dir: str | os.PathLike[str] | None = None,
+        endpoint: str | None = None,
+        queue_size: int = DEFAULT_QUEUE,
+        commit_interval: float = 0.25,
+        persist: bool = True,
+        publish: bool = True,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"invalid queue_size={queue_size!r}: must be an int >= 1")
+        if not commit_interval > 0:
+            raise ValueError(f"invalid commit_interval={commit_interval!r}: must be a number > 0")
+        self._off = True  # nothing is accepted until the agent thread exists
+        self._closed = False
+        self._failed = False
+        self._step = 0
+        self._dropped = 0
+        self._maxlen = queue_size
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=queue_size)
+        self._hooks: list[Any] = []
+        self._pid = os.getpid()
+        self._thread: AgentThread | None = None
+        self.run_id = discovery.new_run_id()
+        self.name = run or _default_name()
+        base = Path(dir if dir is not None else os.environ.get("TUIMON_DIR") or "tuimon-runs")
+        self.run_dir = base / self.run_id
+        self.run_file: Path | None = (self.run_dir / "run.sqlite").resolve() if persist else None
+        if os.environ.get("TUIMON_DISABLE") or (os.environ.get("RANK") not in (None, "", "0")):
+            # Disabled explicitly, or a non-zero torch.distributed rank: only rank 0 talks to viewers.
+            self._closed = True
+            return
+        try:
+            hello = _hello(self, model, optimizer)
+            if optimizer is not None:
+                self._hooks.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+            cfg = RunConfig(
+                run_id=self.run_id,
+                name=self.name,
+                run_file=self.run_file,
+                endpoint=endpoint or os.environ.get("TUIMON_ENDPOINT") or "ipc",
+                publish=publish,
+                commit_interval=commit_interval,
+                hello=hello,
+            )
+            self._thread = AgentThread(cfg, self._queue, self._counters, self._fail)
+            self._thread.start()
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self._off = False
+        _register(self)
+
+    # -- training-thread API -------------------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """The step of the latest :meth:`log` (0 before the first)."""
+        return self._step
+
+    @property
+    def dropped(self) -> int:
+        """Items dropped because the queue was full."""
+        return self._dropped
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the monitor is still accepting data."""
+        return not self._off
+
+    def log(self, step: int | None = None, **values: Any) -> None:
+        """Record training scalars for a step. Only enqueues: conversion and I/O happen on the agent thread.
+
+        Args:
+            step: The step (default: one more than the previous).
+            **values: Names to numbers or one-element tensors (a tensor is read on the agent thread, so this call
+                never synchronises with the GPU).
+        """
+        if self._off:
+            return
+        if step is None:
+            step = self._step + 1
+        self._step = step
+        q = self._queue
+        if len(q) >= self._maxlen:
+            self._dropped += 1
+        q.append((_LOG, step, _time(), values))
+
+    def log_eval(self, step: int | None = None, **values: Any) -> None:
+        """Record evaluation scalars (validation loss, accuracy, ...) at a step.
+
+        Args:
+            step: The step (default: the step of the latest :meth:`log`).
+            **values: Names to numbers or one-element tensors.
+        """
+        if self._off:
+            return
+        q = self._queue
+        if len(q) >= self._maxlen:
+            self._dropped += 1
+        q.append((_EVAL, self._step if step is None else step, _time(), values))
+
+    def close(self, *, reason: str = "closed", timeout: float = 5.0) -> None:
+        """Flush everything to viewers and the run file, remove hooks, stop the agent thread. Safe to call twice.
+
+        Args:
+            reason: Recorded in the ``end`` record.
+            timeout: Seconds to wait for the agent thread to flush.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._off = True
+        for h in self._hooks:
+            try:
+                h.remove()
+            except Exception:
+                pass
+        self._hooks.clear()
+        if self._thread is None or os.getpid() != self._pid:
+            return
+        self._queue.append((_END, self._step, _time(), {"reason": reason}))
+        self._thread.stop(timeout)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            reason = "closed"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            reason = "interrupted"
+        else:
+            reason = "exception"
+        self.close(reason=reason)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("off" if self._off else "live")
+        return f"<Monitor run={self.name!r} id={self.run_id} step={self._step} {state}>"
+
+    # -- internals -----------------------------------------------------------------------------------------------
+
+    def _counters(self) -> tuple[int, int]:
+        return self._dropped, self._step
+
+    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Called by torch after every ``optimizer.step()``: records each param group's hyperparameters."""
+        if self._off:
+            return
+        try:
+            groups = [
+                (g.get("lr"), g.get("momentum"), g.get("betas"), g.get("weight_decay")) for g in optimizer.param_groups
+            ]
+            q = self._queue
+            if len(q) >= self._maxlen:
+                self._dropped += 1
+            q.append((_OPT, self._step + 1, _time(), groups))
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Disable the monitor after an internal error, with one warning; training goes on."""
+        if self._failed:
+            return
+        self._failed = True
+        self._off = True
+        _warn(f"monitoring disabled after an internal error ({type(exc).__name__}: {exc}); training goes on")
+
+    def _forked(self) -> None:
+        """In a forked child (a DataLoader worker): never publish or write; the parent owns the run."""
+        self._off = True
+        self._closed = True
+        self._thread = None
+
+
+def watch(model: Any = None, optimizer: Any = None, **options: Any) -> Monitor:
+    """Start monitoring a training run.
+
+    Args:
+        model: The ``torch.nn.Module`` being trained (optional).
+        optimizer: Its ``torch.optim.Optimizer`` (optional); its learning rates are then recorded every step.
+        **options: Keyword options of :class:`Monitor` (``run=``, ``dir=``, ``endpoint=``, ...).
+
+    Returns:
+        A live :class:`Monitor` (also a context manager).
+    """
+    return Monitor(model, optimizer, **options)
+
+
+def _default_name() -> str:
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    stem = Path(argv0).stem
+    return stem if stem and stem not in ("-c", "-m", "ipykernel_launcher", "pytest") else "run"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    try:
+        return float(v)  # tensors and numpy scalars
+    except Exception:
+        return repr(v)
+
+
+def _hello(mon: Monitor, model: Any, optimizer: Any) -> dict[str, Any]:
+    """The hello payload: run, process, model and optimizer description (torch only if handed torch objects)."""
+    hello: dict[str, Any] = {
+        "run_id": mon.run_id,
+        "name": mon.name,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "argv": list(sys.argv),
+        "cwd": os.getcwd(),
+        "python": sys.version.split()[0],
+        "started": _time(),
+        "run_file": str(mon.run_file) if mon.run_file else None,
+        "protocol_version": protocol.PROTOCOL_VERSION,
+    }
+    if model is not None or optimizer is not None:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            hello["torch"] = torch.__version__
+    if model is not None:
+        params = []
+        device = None
+        for name, p in model.named_parameters():
+            device = device or str(p.device)
+            params.append(
+                {"name": name, "shape": list(p.shape), "numel": int(p.numel()), "dtype": str(p.dtype).replace("torch.", ""),
+                 "trainable": bool(p.requires_grad)}
+            )
+        layers = []
+        for name, m in model.named_modules():
+            if name and not any(True for _ in m.children()):
+                n = sum(int(p.numel()) for p in m.parameters(recurse=False))
+                layers.append({"name": name, "type": type(m).__name__, "params": n})
+        hello["model"] = {
+            "type": type(model).__name__,
+            "params": params,
+            "layers": layers,
+            "total_params": sum(p["numel"] for p in params),
+            "trainable_params": sum(p["numel"] for p in params if p["trainable"]),
+        }
+        hello["device"] = device or "cpu"
+    if optimizer is not None:
+        groups = []
+        for g in optimizer.param_groups:
+            entry = {k: _jsonable(v) for k, v in g.items() if k != "params"}
+            entry["num_params"] = len(g["params"])
+            groups.append(entry)
+        hello["optimizer"] = {"type": type(optimizer).__name__, "groups": groups}
+    return hello
+
+
+def _close_all(reason: str) -> None:
+    for mon in list(_live):
+        try:
+            mon.close(reason=reason, timeout=3.0)
+        except Exception:
+            pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Flush every run file, then let the previous SIGTERM disposition happen."""
+    _close_all("signal")
+    prev = _prev_sigterm
+    if callable(prev):
+        prev(signum, frame)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if prev in (None, signal.SIG_DFL) else prev)
+    if prev in (None, signal.SIG_DFL):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _after_fork_in_child() -> None:
+    for mon in list(_live):
+        mon._forked()
+    _live.clear()
+
+
+def _register(mon: Monitor) -> None:
+    global _hooks_installed, _prev_sigterm
+    _live.add(mon)
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_close_all, "closed")
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    if threading.current_thread() is threading.main_thread():
+        try:
+            prev = signal.getsignal(signal.SIGTERM)
+            if prev is not signal.SIG_IGN:
+                _prev_sigterm = prev
+                signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError):
+            pass

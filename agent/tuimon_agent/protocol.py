@@ -1,0 +1,227 @@
+"""The wire protocol that the agent and the viewer share: one module, imported by both halves.
+
+Records
+-------
+Everything the agent says about a run is a *record*: a msgpack map with short keys::
+
+    {"v": PROTOCOL_VERSION, "k": kind, "q": seq, "s": step, "t": unix_time, "d": {...payload...}}
+
+``seq`` is a per-run sequence number, 1, 2, 3, ... with no holes: a receiver that sees ``seq`` jump counts a gap,
+and one that sees a ``seq`` it already has drops the duplicate. ``step`` is the training step the record belongs to
+(``None`` for records outside the step axis, such as ``hello``). Readers ignore unknown kinds and unknown keys, so an
+addition never breaks an older peer; a different ``v`` is rejected (:class:`ProtocolError`) and counted.
+
+Numeric arrays travel as raw bytes: msgpack extension type ``1`` whose payload is the msgpack array
+``[dtype_str, shape, raw_bytes]`` (little-endian numpy dtype string such as ``"<f4"``); they decode to read-only
+``numpy.ndarray``. Plain floats stay floats and ints stay ints.
+
+Frames
+------
+PUB (agent → viewers), two frames per message::
+
+    [topic: kind as ASCII bytes] [body: encode(record)]
+
+Subscribers may filter on the topic prefix. Besides records, the PUB socket carries ``heartbeat`` messages once a
+second; they are not part of the sequence (``q`` is the last record ``seq`` sent, so a receiver can see a trailing
+gap) and are never written to the run file.
+
+ROUTER (agent) ⇐⇒ DEALER (viewer), one body frame per message (DEALER adds and ROUTER strips the identity frame)::
+
+    DEALER → [body: encode_request({"k": "snapshot_req", "after": seq, "limit": n})]
+    ROUTER → [identity] [body: encode({"k": "snapshot", "d": {"records": [bytes, ...], "last_seq": n, "more": bool}})]
+
+A snapshot carries already-encoded record bodies with ``seq > after`` in order, at most ``limit`` of them; ``more``
+says whether the requester should ask again from the last ``seq`` it got. Commands (a later protocol addition) use
+the same socket pair.
+
+Limits: a body larger than :data:`MAX_MESSAGE_BYTES` is rejected before it is unpacked (msgpack then bounds every
+string, array and map by the body's own length), and an array extension must hold exactly the bytes its dtype and
+shape need, so a hostile peer cannot make a reader allocate without bound.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+"""Bumped only on an incompatible change; additions (new kinds, new keys) do not bump it."""
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest body any reader accepts (64 MiB)."""
+
+# Record kinds (persisted, sequenced).
+HELLO = "hello"
+"""Run metadata: run id and name, model layers, optimizer and its hyperparameters, torch, device, pid, host, argv."""
+METRICS = "metrics"
+"""Training scalars for one step: ``d = {"values": {name: float}}`` (``opt/lr`` and friends included)."""
+EVAL = "eval"
+"""Evaluation scalars for one step: ``d = {"values": {name: float}}``."""
+EVENT = "event"
+"""Something that happened: ``d = {"what": str, "message": str, ...}`` (agent errors, persistence off, ...)."""
+END = "end"
+"""The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``."""
+RECORD_KINDS = frozenset({HELLO, METRICS, EVAL, EVENT, END})
+
+# Ephemeral messages (not sequenced, not persisted).
+HEARTBEAT = "heartbeat"
+"""Once a second on PUB: ``q`` = last seq sent, ``d = {"dropped": int, "queued": int, "step": int}``."""
+SNAPSHOT_REQ = "snapshot_req"
+"""Viewer → agent: the records with ``seq > after`` (at most ``limit``)."""
+SNAPSHOT = "snapshot"
+"""Agent → viewer: ``d = {"records": [bytes], "last_seq": int, "more": bool}``."""
+ERROR = "error"
+"""Agent → viewer: a request could not be served: ``d = {"message": str}``."""
+
+_EXT_NDARRAY = 1
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be decoded: malformed, truncated, oversized, or from another protocol version."""
+
+
+@dataclass(slots=True)
+class Record:
+    """One decoded message.
+
+    Attributes:
+        kind: The message kind (one of the constants above, or one this reader does not know).
+        seq: Per-run sequence number (0 for ephemeral messages).
+        step: Training step, or ``None``.
+        ts: Unix time at which the agent created it.
+        data: The payload.
+    """
+
+    kind: str
+    seq: int = 0
+    step: int | None = None
+    ts: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        payload = msgpack.packb([arr.dtype.str, list(arr.shape), arr.tobytes()], use_bin_type=True)
+        return msgpack.ExtType(_EXT_NDARRAY, payload)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _ext_hook(code: int, payload: bytes) -> Any:
+    if code != _EXT_NDARRAY:
+        return msgpack.ExtType(code, payload)  # unknown extension: keep it opaque, never fail
+    dtype, shape, raw = msgpack.unpackb(payload, raw=False)
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise ProtocolError("object arrays are not allowed")
+    count = math.prod(shape) if shape else 1
+    if count * dt.itemsize != len(raw):
+        raise ProtocolError(f"array of {dtype}{tuple(shape)} needs {count * dt.itemsize} bytes, got {len(raw)}")
+    return np.frombuffer(raw, dtype=dt).reshape(shape)
+
+
+def encode(rec: Record) -> bytes:
+    """Encode a record or message as one msgpack body.
+
+    Args:
+        rec: The record to encode.
+
+    Returns:
+        The body bytes.
+    """
+    return msgpack.packb(
+        {"v": PROTOCOL_VERSION, "k": rec.kind, "q": rec.seq, "s": rec.step, "t": rec.ts, "d": rec.data},
+        default=_default,
+        use_bin_type=True,
+    )
+
+
+def decode(body: bytes) -> Record:
+    """Decode one body into a :class:`Record`.
+
+    Args:
+        body: Bytes from the wire or the run file.
+
+    Returns:
+        The record. Unknown kinds decode normally; it is the reader's job to ignore them.
+
+    Raises:
+        ProtocolError: The body is oversized, not msgpack, truncated, not a record, or of another version.
+    """
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"body must be bytes, not {type(body).__name__}")
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
+    try:
+        obj = msgpack.unpackb(
+            body, raw=False, ext_hook=_ext_hook, strict_map_key=True
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several types for truncated or garbage input
+        raise ProtocolError(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"a message must be a map, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not supported (this reader speaks {PROTOCOL_VERSION})")
+    kind, seq, step, ts, data = obj.get("k"), obj.get("q", 0), obj.get("s"), obj.get("t", 0.0), obj.get("d", {})
+    if not isinstance(kind, str) or not kind:
+        raise ProtocolError(f"message kind must be a non-empty string, got {kind!r}")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ProtocolError(f"seq must be an int >= 0, got {seq!r}")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+        raise ProtocolError(f"step must be an int or nil, got {step!r}")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        raise ProtocolError(f"ts must be a number, got {ts!r}")
+    if not isinstance(data, dict):
+        raise ProtocolError(f"data must be a map, got {type(data).__name__}")
+    return Record(kind, seq, step, float(ts), data)
+
+
+def values_of(rec: Record) -> dict[str, float]:
+    """The numeric ``values`` map of a ``metrics`` or ``eval`` record, with anything non-numeric left out.
+
+    Args:
+        rec: A decoded record.
+
+    Returns:
+        ``{name: float}``; empty when the record has none.
+    """
+    values = rec.data.get("values")
+    if not isinstance(values, dict):
+        return {}
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def encode_request(kind: str, **fields: Any) -> bytes:
+    """Encode a viewer → agent request (an ephemeral message).
+
+    Args:
+        kind: The request kind, e.g. :data:`SNAPSHOT_REQ`.
+        **fields: Its payload.
+
+    Returns:
+        The body bytes.
+    """
+    return encode(Record(kind, 0, None, time.time(), fields))
+
+
+def topic(kind: str) -> bytes:
+    """The PUB topic frame for a kind."""
+    return kind.encode("ascii")

@@ -1,0 +1,431 @@
+"""The agent thread: owns the ZeroMQ context and sockets, the SQLite run file and the connection file.
+
+It wakes every :data:`TICK` seconds (or when a request arrives), drains the training thread's queue, turns queue
+items into sequenced records (converting tensors in one batch per device), publishes them on PUB, queues them for
+the run file, commits every ``commit_interval`` seconds, answers snapshot requests on ROUTER, and sends a heartbeat
+once a second. Nothing here ever runs on the training thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import discovery, protocol
+from .runfile import PersistenceError, RunFileWriter
+
+TICK = 0.02
+"""Seconds between queue drains when nothing else wakes the thread."""
+HEARTBEAT_INTERVAL = 1.0
+SNAPSHOT_LIMIT = 5000
+"""Records per snapshot reply at most."""
+RING_SIZE = 20_000
+"""Recent encoded records kept in memory to serve snapshots when the run file is off."""
+LINGER_MS = 500
+"""How long closing sockets may wait for unsent messages: a process never hangs at exit."""
+MAX_REQUEST_BYTES = 1 << 20
+
+# Queue tags, shared with monitor.py.
+_LOG, _EVAL, _OPT, _END = 0, 1, 2, 3
+
+
+@dataclass
+class RunConfig:
+    """What the agent thread needs to know about its run."""
+
+    run_id: str
+    name: str
+    run_file: Path | None
+    endpoint: str
+    publish: bool
+    commit_interval: float
+    hello: dict[str, Any]
+
+
+def _warn(message: str) -> None:
+    try:
+        print(f"tuimon: {message}", file=sys.stderr, flush=True)
+    except Exception:
+        pass
+
+
+class AgentThread(threading.Thread):
+    """The one thread that does the monitor's I/O.
+
+    Args:
+        cfg: The run's configuration.
+        queue: The training thread's queue of ``(tag, step, ts, payload)`` tuples.
+        counters: Returns ``(dropped, step)`` from the monitor, for heartbeats and the end record.
+        on_error: Called once with an unexpected exception; the thread then stops.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        queue: collections.deque[tuple[Any, ...]],
+        counters: Callable[[], tuple[int, int]],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        super().__init__(name=f"tuimon-agent-{cfg.run_id}", daemon=True)
+        self.cfg = cfg
+        self._queue = queue
+        self._counters = counters
+        self._on_error = on_error
+        self._stop_event = threading.Event()
+        self._seq = 0
+        self._writer: RunFileWriter | None = None
+        self._ctx: zmq.Context | None = None
+        self._pub: zmq.Socket | None = None
+        self._router: zmq.Socket | None = None
+        self._conn: discovery.ConnectionInfo | None = None
+        self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RING_SIZE)
+        self._pending_opt: tuple[int, float, dict[str, float]] | None = None
+        self._bad_values: set[str] = set()
+        self._ended = False
+        self.published = 0
+        self.ready = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def stop(self, timeout: float) -> None:
+        """Ask the thread to flush and exit, and wait up to ``timeout`` seconds."""
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def run(self) -> None:
+        try:
+            self._open()
+            self.ready.set()
+            self._loop()
+        except BaseException as exc:  # never let anything escape a daemon thread silently
+            self.ready.set()
+            self._on_error(exc)
+        finally:
+            self._shutdown()
+
+    def _open(self) -> None:
+        cfg = self.cfg
+        if cfg.run_file is not None:
+            meta = {"run_id": cfg.run_id, "name": cfg.name, "created": time.time(), "hello": cfg.hello}
+            try:
+                self._writer = RunFileWriter(cfg.run_file, meta=meta)
+            except PersistenceError as exc:
+                _warn(f"run file persistence is off: {exc}; training goes on")
+        if cfg.publish:
+            try:
+                self._open_sockets()
+            except (zmq.ZMQError, OSError) as exc:
+                _warn(f"live publishing is off: {exc}; the run file is still written")
+                self._close_sockets()
+        self._emit(protocol.HELLO, None, time.time(), cfg.hello)
+
+    def _open_sockets(self) -> None:
+        cfg = self.cfg
+        rdir = discovery.runtime_dir()
+        self._ctx = zmq.Context()
+        self._pub = self._ctx.socket(zmq.PUB)
+        self._router = self._ctx.socket(zmq.ROUTER)
+        for s in (self._pub, self._router):
+            s.setsockopt(zmq.LINGER, LINGER_MS)
+        self._pub.setsockopt(zmq.SNDHWM, 50_000)
+        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self._router.setsockopt(zmq.SNDHWM, 1000)
+        ep = cfg.endpoint
+        if ep == "ipc":
+            pub, router = discovery.ipc_endpoints(cfg.run_id, rdir)
+            self._pub.bind(pub)
+            self._router.bind(router)
+        elif ep == "tcp":
+            port = self._pub.bind_to_random_port("tcp://127.0.0.1")
+            pub = f"tcp://127.0.0.1:{port}"
+            port = self._router.bind_to_random_port("tcp://127.0.0.1")
+            router = f"tcp://127.0.0.1:{port}"
+        elif ep.startswith("tcp://"):
+            host, _, port_s = ep[len("tcp://") :].rpartition(":")
+            try:
+                port = int(port_s)
+            except ValueError:
+                raise ValueError(f"invalid endpoint={ep!r}: expected tcp://HOST:PORT") from None
+            pub, router = f"tcp://{host}:{port}", f"tcp://{host}:{port + 1}"
+            self._pub.bind(pub)
+            self._router.bind(router)
+        else:
+            raise ValueError(f"invalid endpoint={ep!r}: use 'ipc', 'tcp' or 'tcp://HOST:PORT'")
+        self._conn = discovery.ConnectionInfo(
+            run_id=cfg.run_id,
+            name=cfg.name,
+            pub=pub,
+            router=router,
+            key=discovery.new_key(),
+            pid=cfg.hello["pid"],
+            host=cfg.hello["host"],
+            started=cfg.hello["started"],
+            run_file=str(cfg.run_file) if cfg.run_file else None,
+        )
+        discovery.write_connection_file(self._conn, rdir)
+
+    def _close_sockets(self) -> None:
+        for s in (self._pub, self._router):
+            if s is not None:
+                s.close(linger=LINGER_MS)
+        self._pub = self._router = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def _shutdown(self) -> None:
+        try:
+            if not self._ended:
+                self._drain()
+                self._flush_opt()
+            self._commit()
+        except BaseException as exc:
+            _warn(f"could not flush the run file at exit: {exc}")
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except PersistenceError:
+                pass
+            self._writer = None
+        if self._conn is not None:
+            discovery.remove_run_files(self._conn)
+            discovery.remember_recent(self._conn)
+            self._conn = None
+        self._close_sockets()
+
+    # -- main loop -------------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        if self._router is not None:
+            poller.register(self._router, zmq.POLLIN)
+        last_commit = last_beat = time.monotonic()
+        while True:
+            stopping = self._stop_event.is_set()
+            if self._router is not None:
+                for _ in range(100):  # bounded, so a flood of requests cannot starve the queue
+                    if not dict(poller.poll(0)):
+                        break
+                    self._serve_request()
+            self._drain()
+            now = time.monotonic()
+            if self._pending_opt is not None and time.time() - self._pending_opt[1] > 1.0:
+                self._flush_opt()
+            if now - last_commit >= self.cfg.commit_interval:
+                self._commit()
+                last_commit = now
+            if now - last_beat >= HEARTBEAT_INTERVAL:
+                self._heartbeat()
+                last_beat = now
+            if stopping or self._ended:
+                self._flush_opt()
+                return
+            if self._router is not None:
+                poller.poll(TICK * 1000)
+            else:
+                self._stop_event.wait(TICK)
+
+    def _drain(self) -> None:
+        """Turn everything queued into records; tensors are read in one batch."""
+        q = self._queue
+        items = []
+        try:
+            while True:
+                items.append(q.popleft())
+        except IndexError:
+            pass
+        if not items:
+            return
+        tensors = [v for item in items for v in _payload_values(item) if _is_tensor(v)]
+        converted = _read_tensors(tensors) if tensors else {}
+        for tag, step, ts, payload in items:
+            if tag == _LOG:
+                values = self._numbers(payload, converted)
+                pend = self._pending_opt
+                if pend is not None and pend[0] == step:
+                    values = {**values, **pend[2]}
+                    self._pending_opt = None
+                else:
+                    self._flush_opt()
+                self._emit(protocol.METRICS, step, ts, {"values": values})
+            elif tag == _EVAL:
+                self._emit(protocol.EVAL, step, ts, {"values": self._numbers(payload, converted)})
+            elif tag == _OPT:
+                self._flush_opt()
+                self._pending_opt = (step, ts, _opt_values(payload))
+            elif tag == _END:
+                self._flush_opt()
+                dropped, steps = self._counters()
+                self._emit(protocol.END, step, ts, {"reason": payload["reason"], "dropped": dropped, "steps": steps})
+                self._ended = True
+                self._commit()
+
+    def _flush_opt(self) -> None:
+        pend = self._pending_opt
+        if pend is not None:
+            self._pending_opt = None
+            self._emit(protocol.METRICS, pend[0], pend[1], {"values": pend[2]})
+
+    def _numbers(self, values: dict[str, Any], converted: dict[int, float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, v in values.items():
+            if type(v) is float or type(v) is int:
+                out[name] = float(v)
+                continue
+            got = converted.get(id(v))
+            if got is not None:
+                out[name] = got
+                continue
+            try:
+                out[name] = float(v)
+            except (TypeError, ValueError):
+                if name not in self._bad_values:
+                    self._bad_values.add(name)
+                    msg = f"value {name}={type(v).__name__} is not a number or one-element tensor; it is skipped"
+                    self._emit(protocol.EVENT, None, time.time(), {"what": "bad_value", "message": msg})
+        return out
+
+    def _emit(self, kind: str, step: int | None, ts: float, data: dict[str, Any]) -> None:
+        self._seq += 1
+        rec = protocol.Record(kind, self._seq, step, ts, data)
+        body = protocol.encode(rec)
+        self._ring.append((rec.seq, body))
+        if self._pub is not None:
+            try:
+                self._pub.send_multipart([protocol.topic(kind), body], flags=zmq.NOBLOCK, copy=False)
+                self.published += 1
+            except zmq.Again:
+                pass
+        if self._writer is not None:
+            self._writer.add(rec, body)
+
+    def _commit(self) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.commit()
+        except PersistenceError as exc:
+            self._writer = None
+            _warn(f"run file persistence is off: {exc}; training goes on")
+            self._emit(protocol.EVENT, None, time.time(), {"what": "persistence_off", "message": str(exc)})
+
+    def _heartbeat(self) -> None:
+        if self._pub is None:
+            return
+        dropped, step = self._counters()
+        rec = protocol.Record(
+            protocol.HEARTBEAT, self._seq, step, time.time(), {"dropped": dropped, "queued": len(self._queue)}
+        )
+        try:
+            self._pub.send_multipart([protocol.topic(protocol.HEARTBEAT), protocol.encode(rec)], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def _serve_request(self) -> None:
+        assert self._router is not None
+        try:
+            frames = self._router.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        ident, body = frames[0], frames[-1]
+        try:
+            req = protocol.decode(body) if len(frames) >= 2 else None
+            if req is None:
+                raise protocol.ProtocolError("empty request")
+        except protocol.ProtocolError as exc:
+            self._reply(ident, protocol.ERROR, {"message": f"bad request: {exc}"})
+            return
+        if req.kind == protocol.SNAPSHOT_REQ:
+            after, limit = req.data.get("after", 0), req.data.get("limit", SNAPSHOT_LIMIT)
+            if not isinstance(after, int) or not isinstance(limit, int) or after < 0 or limit < 1:
+                self._reply(ident, protocol.ERROR, {"message": f"bad snapshot_req: after={after!r} limit={limit!r}"})
+                return
+            self._reply(ident, protocol.SNAPSHOT, self._snapshot(after, min(limit, SNAPSHOT_LIMIT)))
+        else:
+            self._reply(ident, protocol.ERROR, {"message": f"unknown request kind {req.kind!r}"})
+
+    def _snapshot(self, after: int, limit: int) -> dict[str, Any]:
+        self._drain()
+        self._commit()
+        truncated = False
+        if self._writer is not None:
+            rows = self._writer.bodies_after(after, limit)
+        else:
+            ring = self._ring
+            truncated = bool(ring) and ring[0][0] > after + 1
+            rows = [r for r in ring if r[0] > after][:limit]
+        last = rows[-1][0] if rows else after
+        return {
+            "records": [bytes(b) for _, b in rows],
+            "last_seq": last,
+            "more": last < self._seq,
+            "head_seq": self._seq,
+            "truncated": truncated,
+        }
+
+    def _reply(self, ident: bytes, kind: str, data: dict[str, Any]) -> None:
+        assert self._router is not None
+        body = protocol.encode(protocol.Record(kind, 0, None, time.time(), data))
+        try:
+            self._router.send_multipart([ident, body], flags=zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            pass
+
+
+def _payload_values(item: tuple[Any, ...]) -> list[Any]:
+    return list(item[3].values()) if item[0] in (_LOG, _EVAL) else []
+
+
+def _is_tensor(v: Any) -> bool:
+    return type(v).__module__.startswith("torch") and hasattr(v, "detach")
+
+
+def _read_tensors(tensors: list[Any]) -> dict[int, float]:
+    """Read many one-element tensors with one device-to-host copy per device (on the agent thread)."""
+    import torch
+
+    out: dict[int, float] = {}
+    by_device: dict[Any, list[Any]] = {}
+    for t in tensors:
+        if t.numel() == 1:
+            by_device.setdefault(t.device, []).append(t)
+    for ts in by_device.values():
+        with torch.no_grad():
+            flat = torch.stack([t.detach().reshape(()).to(torch.float64) for t in ts]).cpu().tolist()
+        for t, v in zip(ts, flat, strict=True):
+            out[id(t)] = v
+    return out
+
+
+def _opt_values(groups: list[tuple[Any, Any, Any, Any]]) -> dict[str, float]:
+    """``opt/lr``, ``opt/momentum``, ``opt/beta1``, ``opt/beta2``, ``opt/weight_decay`` (group 0) and ``opt/gN/...``."""
+    out: dict[str, float] = {}
+    for i, (lr, momentum, betas, wd) in enumerate(groups):
+        prefix = "opt/" if i == 0 else f"opt/g{i}/"
+        for key, v in (("lr", lr), ("momentum", momentum), ("weight_decay", wd)):
+            if v is not None:
+                f = _to_float(v)
+                if f is not None:
+                    out[prefix + key] = f
+        if isinstance(betas, (tuple, list)) and len(betas) == 2:
+            for key, v in (("beta1", betas[0]), ("beta2", betas[1])):
+                f = _to_float(v)
+                if f is not None:
+                    out[prefix + key] = f
+    return out
+
+
+def _to_float(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError, RuntimeError):
+        return None

@@ -1,0 +1,1 @@
+"""tuimon: a live terminal monitor for PyTorch training (the viewer half)."""
