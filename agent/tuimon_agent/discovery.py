@@ -115,7 +115,9 @@ class ConnectionInfo:
         return cls(**{k: v for k, v in d.items() if k in names}, path=str(path))
 
     def alive(self) -> bool:
-        """Whether the run's process still exists (on this host)."""
+        """Whether the run's process still exists (on this host; unknown pids and other hosts count as alive)."""
+        if self.pid <= 0:
+            return True
         return pid_alive(self.pid) if self.host in ("", socket.gethostname()) else True
 
 

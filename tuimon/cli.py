@@ -1,0 +1,315 @@
+"""The ``tuimon`` command.
+
+``tuimon`` attaches to the newest live run (a picker when several are live); ``list``, ``attach``, ``replay``,
+``tail``, ``export`` and ``demo`` do what their help says. Commands that print (``list``, ``tail``, ``export``) never
+import Textual, so they start fast and work in scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tuimon_agent import discovery, protocol
+from tuimon_agent.runfile import RunFileReader
+
+from .runs import RunNotFound, list_runs, resolve
+from .source import FileSource, LiveSource, SourceUpdate
+
+DEMO_BUGS = (
+    "none", "exploding", "vanishing", "nan", "overfit", "underfit", "plateau", "diverge", "dead-relu",
+    "saturation", "unnormalized",
+)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"tuimon: {message}", file=sys.stderr)
+    return code
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+# -- viewer commands -----------------------------------------------------------------------------------------------
+
+
+def _run_app(**kwargs: Any) -> int:
+    from .app import make_app  # Textual only for the commands that need it
+
+    make_app(**kwargs).run()
+    return 0
+
+
+def cmd_default(args: argparse.Namespace) -> int:
+    try:
+        live = discovery.live_runs()
+    except discovery.RuntimeDirError as exc:
+        return _fail(str(exc))
+    if not live:
+        lines = ["no live tuimon run on this machine."]
+        lines.append("  start one: add `mon = tuimon_agent.watch(model, optimizer)` to a training script, or run `tuimon demo`")
+        recent = [e for e in list_runs() if e.state != "live" and e.run_file][:3]
+        for e in recent:
+            lines.append(f"  recent: {e.name} ({e.run_id})  →  tuimon replay {e.run_file}")
+        return _fail("\n".join(lines))
+    if len(live) == 1:
+        return _run_app(source=LiveSource(live[0]))
+    return _run_app(choices=live, make_source=LiveSource)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    try:
+        target = resolve(args.run)
+    except (RunNotFound, discovery.RuntimeDirError) as exc:
+        return _fail(str(exc))
+    if isinstance(target, Path):
+        print(f"tuimon: {args.run} is not live; replaying its run file {target}", file=sys.stderr)
+        return _run_app(source=FileSource(target, follow=True))
+    return _run_app(source=LiveSource(target))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    try:
+        RunFileReader(path).close()
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    return _run_app(source=FileSource(path, follow=args.follow))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    script = Path(__file__).resolve().parent.parent / "demo" / "digits.py"
+    if not script.is_file():
+        return _fail(f"the demo script is not here ({script}); run tuimon from a clone of its repository")
+    name = args.run or f"demo-{args.bug}"
+    log_dir = Path(os.environ.get("TUIMON_DIR") or "tuimon-runs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    cmd = [sys.executable, str(script), "--bug", args.bug, "--steps", str(args.steps), "--pace", str(args.pace),
+           "--run", name]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    print(f"tuimon: started the demo (pid {proc.pid}, bug={args.bug}); its output goes to {log_path}", file=sys.stderr)
+    try:
+        info = _wait_for_run(proc, timeout=60.0)
+        if info is None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            return _fail(f"the demo did not start a run (exit code {proc.poll()}):\n{tail}")
+        return _run_app(source=LiveSource(info, follow_restarts=False))
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+
+def _wait_for_run(proc: subprocess.Popen[bytes], *, timeout: float) -> discovery.ConnectionInfo | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        for info in discovery.live_runs(clean=False):
+            if info.pid == proc.pid:
+                return info
+        time.sleep(0.1)
+    return None
+
+
+# -- printing commands ---------------------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    try:
+        entries = list_runs()
+    except discovery.RuntimeDirError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps([e.as_dict() for e in entries], indent=1))
+        return 0
+    if not entries:
+        print("no runs: none live on this machine and none under ./tuimon-runs (or $TUIMON_DIR)")
+        return 0
+    rows = [("RUN ID", "NAME", "STATE", "PID", "STARTED", "RUN FILE")]
+    rows += [(e.run_id, e.name, e.state, str(e.pid or "-"), _when(e.started), e.run_file or "-") for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[5])
+    return 0
+
+
+def jsonable(value: Any) -> Any:
+    """A record's payload as plain JSON (arrays as lists, NaN/Inf as strings)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return jsonable(value.tolist())
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def format_record(rec: protocol.Record, *, as_json: bool) -> str:
+    """One line for ``tuimon tail``."""
+    if as_json:
+        return json.dumps({"seq": rec.seq, "kind": rec.kind, "step": rec.step, "ts": rec.ts, **jsonable(rec.data)})
+    head = f"{rec.seq:>7} {rec.kind:<8} step={rec.step if rec.step is not None else '-'}"
+    if rec.kind in (protocol.METRICS, protocol.EVAL):
+        body = " ".join(f"{k}={v:.6g}" for k, v in protocol.values_of(rec).items())
+    elif rec.kind == protocol.HELLO:
+        body = f"name={rec.data.get('name')} run_id={rec.data.get('run_id')} pid={rec.data.get('pid')}"
+    else:
+        body = " ".join(f"{k}={v}" for k, v in jsonable(rec.data).items())
+    return f"{head} {body}"
+
+
+def _print_records(records: Iterable[protocol.Record], as_json: bool) -> None:
+    for rec in records:
+        print(format_record(rec, as_json=as_json), flush=True)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    try:
+        target = resolve(args.run)
+    except (RunNotFound, discovery.RuntimeDirError) as exc:
+        return _fail(str(exc))
+    if isinstance(target, Path):
+        try:
+            with RunFileReader(target) as reader:
+                first = max(0, reader.last_seq() - args.count)
+                _print_records(reader.records(first), args.json)
+        except (OSError, ValueError) as exc:
+            return _fail(str(exc))
+        return 0
+    return asyncio.run(_tail_live(target, args))
+
+
+async def _tail_live(info: discovery.ConnectionInfo, args: argparse.Namespace) -> int:
+    """History's last ``count`` records, then live ones as they come, until the run ends (or Ctrl-C)."""
+    history: list[protocol.Record] = []
+    state = {"live": False, "last": 0, "done": False}
+
+    def emit(update: SourceUpdate) -> None:
+        fresh = [r for r in update.records if r.seq > state["last"] and r.kind != protocol.HEARTBEAT]
+        if fresh:
+            state["last"] = fresh[-1].seq
+        if state["live"]:
+            _print_records(fresh, args.json)
+        else:
+            history.extend(fresh)
+            del history[: max(0, len(history) - args.count)]
+        if update.status in ("live", "ended") and not state["live"]:
+            state["live"] = True
+            _print_records(history, args.json)
+        if update.status == "ended":
+            state["done"] = True
+
+    source = LiveSource(info, follow_restarts=False)
+    task = asyncio.ensure_future(source.run(emit))
+    try:
+        while not task.done() and not (state["done"] or (args.no_follow and state["live"])):
+            await asyncio.sleep(0.05)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        target = resolve(args.run)
+    except (RunNotFound, discovery.RuntimeDirError) as exc:
+        return _fail(str(exc))
+    path = Path(target.run_file) if isinstance(target, discovery.ConnectionInfo) and target.run_file else target
+    if not isinstance(path, Path):
+        return _fail(f"{args.run} has no run file to export")
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        with RunFileReader(path) as reader:
+            if args.format == "jsonl":
+                for rec in reader.records():
+                    out.write(format_record(rec, as_json=True) + "\n")
+            else:
+                w = csv.writer(out)
+                w.writerow(["seq", "kind", "step", "ts", "name", "value"])
+                for rec in reader.records():
+                    if rec.kind in (protocol.METRICS, protocol.EVAL):
+                        for name, value in protocol.values_of(rec).items():
+                            w.writerow([rec.seq, rec.kind, rec.step, f"{rec.ts:.6f}", name, repr(value)])
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    except BrokenPipeError:
+        return 0
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``tuimon --help``)."""
+    p = argparse.ArgumentParser(
+        prog="tuimon", description="Live, per-layer diagnosis of PyTorch training in the terminal. "
+        "With no command: attach to the newest live run on this machine."
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    s = sub.add_parser("list", help="live and recent runs")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_list)
+    s = sub.add_parser("attach", help="open a run by id, name, connection file or endpoint")
+    s.add_argument("run", metavar="RUN")
+    s.set_defaults(func=cmd_attach)
+    s = sub.add_parser("replay", help="open a run file (a finished run's full history)")
+    s.add_argument("path", metavar="PATH", help="a run.sqlite file or its run directory")
+    s.add_argument("--follow", action="store_true", help="keep reading records the run adds to the file")
+    s.set_defaults(func=cmd_replay)
+    s = sub.add_parser("tail", help="print records as lines (last COUNT, then live ones while the run is live)")
+    s.add_argument("run", metavar="RUN")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.add_argument("--count", "-n", type=int, default=20, help="how many past records to print (default 20)")
+    s.add_argument("--no-follow", action="store_true", help="stop after the past records")
+    s.set_defaults(func=cmd_tail)
+    s = sub.add_parser("export", help="everything in a run file as CSV (scalars) or JSON lines (all records)")
+    s.add_argument("run", metavar="RUN")
+    s.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    s.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    s.set_defaults(func=cmd_export)
+    s = sub.add_parser("demo", help="train the demo CNN in a subprocess and watch it")
+    s.add_argument("--bug", choices=DEMO_BUGS, default="none", help="inject one pathology (default none)")
+    s.add_argument("--steps", type=int, default=3000)
+    s.add_argument("--pace", type=float, default=0.05, help="seconds per step (0: full speed)")
+    s.add_argument("--run", help="run name (default demo-BUG)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tuimon`` command."""
+    args = build_parser().parse_args(argv)
+    func = getattr(args, "func", cmd_default)
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
