@@ -84,7 +84,8 @@ class Monitor:
         self._step = 0
         self._dropped = 0
         self._maxlen = queue_size
-        self._queue: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=queue_size)
+        # Bounded by log() itself rather than by maxlen, so that every dropped item is counted exactly.
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._hooks: list[Any] = []
         self._pid = os.getpid()
         self._thread: AgentThread | None = None
@@ -112,6 +113,9 @@ class Monitor:
             )
             self._thread = AgentThread(cfg, self._queue, self._counters, self._fail)
             self._thread.start()
+            # Wait (once, at setup) until the run file and the connection file exist, so that a viewer started
+            # right after watch() finds the run; never longer than two seconds.
+            self._thread.ready.wait(2.0)
         except Exception as exc:
             self._fail(exc)
             return
@@ -150,7 +154,7 @@ class Monitor:
         self._step = step
         q = self._queue
         if len(q) >= self._maxlen:
-            self._dropped += 1
+            self._drop_oldest()
         q.append((_LOG, step, _time(), values))
 
     def log_eval(self, step: int | None = None, **values: Any) -> None:
@@ -164,7 +168,7 @@ class Monitor:
             return
         q = self._queue
         if len(q) >= self._maxlen:
-            self._dropped += 1
+            self._drop_oldest()
         q.append((_EVAL, self._step if step is None else step, _time(), values))
 
     def close(self, *, reason: str = "closed", timeout: float = 5.0) -> None:
@@ -207,6 +211,14 @@ class Monitor:
 
     # -- internals -----------------------------------------------------------------------------------------------
 
+    def _drop_oldest(self) -> None:
+        """The queue is full: drop its oldest item (the agent thread may have taken it meanwhile) and count it."""
+        try:
+            self._queue.popleft()
+        except IndexError:
+            return
+        self._dropped += 1
+
     def _counters(self) -> tuple[int, int]:
         return self._dropped, self._step
 
@@ -220,7 +232,7 @@ class Monitor:
             ]
             q = self._queue
             if len(q) >= self._maxlen:
-                self._dropped += 1
+                self._drop_oldest()
             q.append((_OPT, self._step + 1, _time(), groups))
         except Exception as exc:
             self._fail(exc)
@@ -257,7 +269,7 @@ def watch(model: Any = None, optimizer: Any = None, **options: Any) -> Monitor:
 def _default_name() -> str:
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
     stem = Path(argv0).stem
-    return stem if stem and stem not in ("-c", "-m", "ipykernel_launcher", "pytest") else "run"
+    return stem if stem and stem not in ("-c", "-m", "__main__", "ipykernel_launcher", "pytest") else "run"
 
 
 def _jsonable(v: Any) -> Any:
@@ -343,6 +355,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """An uncaught exception ends the script: record why in each run's end record, then report it as before."""
+    _close_all("interrupted" if issubclass(exc_type, KeyboardInterrupt) else "exception")
+    _prev_excepthook(exc_type, exc, tb)
+
+
+_prev_excepthook = sys.excepthook
+
+
 def _after_fork_in_child() -> None:
     for mon in list(_live):
         mon._forked()
@@ -350,12 +371,14 @@ def _after_fork_in_child() -> None:
 
 
 def _register(mon: Monitor) -> None:
-    global _hooks_installed, _prev_sigterm
+    global _hooks_installed, _prev_sigterm, _prev_excepthook
     _live.add(mon)
     if _hooks_installed:
         return
     _hooks_installed = True
     atexit.register(_close_all, "closed")
+    _prev_excepthook = sys.excepthook
+    sys.excepthook = _excepthook
     os.register_at_fork(after_in_child=_after_fork_in_child)
     if threading.current_thread() is threading.main_thread():
         try:
