@@ -35,7 +35,9 @@ def read_until(proc: subprocess.Popen[str], prefix: str, timeout: float = 60.0) 
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
-            raise AssertionError(f"trainer exited before {prefix!r}: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(
+                f"trainer exited before {prefix!r}: {proc.stderr.read() if proc.stderr else ''}"
+            )
         if line.startswith(prefix):
             return line.strip()
     raise AssertionError(f"no {prefix!r} line within {timeout}s")
@@ -52,7 +54,9 @@ def wait_live(pid: int, timeout: float = 30.0) -> discovery.ConnectionInfo:
     raise AssertionError(f"process {pid} published no connection file within {timeout}s")
 
 
-async def follow(info: discovery.ConnectionInfo, *, until_end: bool = True, seconds: float = 60.0) -> tuple[RunState, list[int], list[str]]:
+async def follow(
+    info: discovery.ConnectionInfo, *, until_end: bool = True, seconds: float = 60.0
+) -> tuple[RunState, list[int], list[str]]:
     """Run a real LiveSource into a RunState; returns the state, every seq emitted (in order) and the statuses."""
     state = RunState()
     seqs: list[int] = []

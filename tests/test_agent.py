@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 import tuimon_agent
 from tuimon_agent import discovery, protocol
 from tuimon_agent.runfile import RunFileReader
@@ -53,21 +54,34 @@ def test_records_hello_metrics_lr_eval_and_end(tmp_path: Path) -> None:
     assert hello.data["torch"] == torch.__version__ and hello.data["device"] == "cpu"
     assert [p["name"] for p in hello.data["model"]["params"]] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert hello.data["model"]["total_params"] == 4 * 8 + 8 + 8 * 2 + 2
-    assert hello.data["optimizer"]["type"] == "SGD" and hello.data["optimizer"]["groups"][0]["momentum"] == 0.9
+    assert (
+        hello.data["optimizer"]["type"] == "SGD" and hello.data["optimizer"]["groups"][0]["momentum"] == 0.9
+    )
     metrics = [r for r in recs if r.kind == protocol.METRICS]
     assert [r.step for r in metrics] == list(range(1, 31))
     assert all(type(r.data["values"]["loss"]) is float for r in metrics)
     lrs = [r.data["values"]["opt/lr"] for r in metrics]
-    assert lrs[:10] == [0.1] * 10 and lrs[10:20] == pytest.approx([0.01] * 10) and lrs[20] == pytest.approx(0.001)
-    assert metrics[0].data["values"]["opt/momentum"] == 0.9 and metrics[0].data["values"]["opt/weight_decay"] == 1e-4
+    assert (
+        lrs[:10] == [0.1] * 10
+        and lrs[10:20] == pytest.approx([0.01] * 10)
+        and lrs[20] == pytest.approx(0.001)
+    )
+    assert (
+        metrics[0].data["values"]["opt/momentum"] == 0.9
+        and metrics[0].data["values"]["opt/weight_decay"] == 1e-4
+    )
     evals = [r for r in recs if r.kind == protocol.EVAL]
-    assert [(r.step, r.data["values"]) for r in evals] == [(s, {"val_loss": 0.5, "val_acc": 0.75}) for s in (10, 20, 30)]
+    assert [(r.step, r.data["values"]) for r in evals] == [
+        (s, {"val_loss": 0.5, "val_acc": 0.75}) for s in (10, 20, 30)
+    ]
     assert recs[-1].kind == protocol.END and recs[-1].data == {"reason": "closed", "dropped": 0, "steps": 30}
 
 
 def test_adam_betas_and_param_groups(tmp_path: Path) -> None:
     model, _ = _model()
-    opt = torch.optim.Adam([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 1e-4}], lr=1e-3)
+    opt = torch.optim.Adam(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 1e-4}], lr=1e-3
+    )
     with tuimon_agent.watch(model, opt, dir=tmp_path, publish=False) as mon:
         _train(mon, model, opt, 3)
     values = [r for r in _records(mon) if r.kind == protocol.METRICS][-1].data["values"]
@@ -114,7 +128,9 @@ class _Exploding:
         raise ZeroDivisionError("a bug inside the agent")
 
 
-def test_an_internal_error_disables_the_agent_with_one_warning(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_an_internal_error_disables_the_agent_with_one_warning(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     model, opt = _model()
     mon = tuimon_agent.watch(model, opt, dir=tmp_path, publish=False)
     mon.log(loss=1.0, x=_Exploding())
@@ -127,7 +143,9 @@ def test_an_internal_error_disables_the_agent_with_one_warning(tmp_path: Path, c
     assert err.count("tuimon: monitoring disabled after an internal error (ZeroDivisionError") == 1
 
 
-def test_unwritable_run_dir_turns_persistence_off_and_keeps_publishing(capfd: pytest.CaptureFixture[str]) -> None:
+def test_unwritable_run_dir_turns_persistence_off_and_keeps_publishing(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     with tuimon_agent.watch(dir="/proc/no-such-place") as mon:
         mon.log(loss=1.0)
         info = discovery.live_runs()[0]
@@ -155,7 +173,9 @@ def test_connection_file_is_private_and_complete(tmp_path: Path) -> None:
         assert info.pub.startswith("ipc://") and Path(info.run_file) == mon.run_file
 
 
-def test_a_runtime_dir_open_to_others_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_runtime_dir_open_to_others_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     wide = tmp_path / "wide"
     wide.mkdir(mode=0o755)
     wide.chmod(0o755)
@@ -170,15 +190,21 @@ def test_a_runtime_dir_open_to_others_is_refused(tmp_path: Path, monkeypatch: py
 
 
 def test_stale_connection_files_are_cleaned(private_runtime_dir: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    info = discovery.ConnectionInfo("dead-run", "dead", "ipc:///x.pub", "ipc:///x.req", "k", int(dead.stdout), "", 0.0, None)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    info = discovery.ConnectionInfo(
+        "dead-run", "dead", "ipc:///x.pub", "ipc:///x.req", "k", int(dead.stdout), "", 0.0, None
+    )
     discovery.write_connection_file(info, private_runtime_dir)
     assert discovery.live_runs() == []
     assert not (private_runtime_dir / "dead-run.json").exists()
     assert discovery.recent_runs()[0]["state"] == "dead"
 
 
-def test_disabled_by_environment_and_on_nonzero_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disabled_by_environment_and_on_nonzero_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RANK", "1")
     mon = tuimon_agent.watch(dir=tmp_path)
     mon.log(loss=1.0)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import follow, read_until, start_trainer, wait_live
+
 from tuimon_agent import discovery, protocol
 from tuimon_agent.runfile import RunFileReader
 
@@ -93,7 +94,9 @@ def test_kill_9_of_the_trainer_keeps_everything_up_to_the_last_commit(tmp_path: 
     assert recs[-1].kind != protocol.END
     # The viewer side: a dead run's connection file is cleaned up and the file replays.
     assert all(i.pid != proc.pid for i in discovery.live_runs())
-    out = subprocess.run([sys.executable, "-m", "tuimon", "tail", run_file, "-n", "1"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tuimon", "tail", run_file, "-n", "1"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and f"step={steps[-1]}" in out.stdout
 
 

@@ -7,11 +7,14 @@ import random
 import msgpack
 import numpy as np
 import pytest
+
 from tuimon_agent import protocol
 from tuimon_agent.protocol import ProtocolError, Record
 
 ALL = [
-    Record(protocol.HELLO, 1, None, 1.5, {"run_id": "r", "name": "n", "model": {"params": [{"shape": [3, 4]}]}}),
+    Record(
+        protocol.HELLO, 1, None, 1.5, {"run_id": "r", "name": "n", "model": {"params": [{"shape": [3, 4]}]}}
+    ),
     Record(protocol.METRICS, 2, 1, 2.0, {"values": {"loss": 2.5, "acc": 1.0, "opt/lr": 0.001}}),
     Record(protocol.EVAL, 3, 1, 2.0, {"values": {"val_loss": 3.0}}),
     Record(protocol.EVENT, 4, None, 2.0, {"what": "persistence_off", "message": "disk full"}),
@@ -29,7 +32,9 @@ def test_every_kind_round_trips(rec: Record) -> None:
 
 
 def test_floats_stay_floats_and_ints_stay_ints() -> None:
-    rec = protocol.decode(protocol.encode(Record(protocol.METRICS, 1, 7, 1.0, {"values": {"a": 1.0, "b": 2}})))
+    rec = protocol.decode(
+        protocol.encode(Record(protocol.METRICS, 1, 7, 1.0, {"values": {"a": 1.0, "b": 2}}))
+    )
     assert type(rec.data["values"]["a"]) is float
     assert type(rec.data["values"]["b"]) is int
     assert type(rec.ts) is float
@@ -37,7 +42,11 @@ def test_floats_stay_floats_and_ints_stay_ints() -> None:
 
 
 def test_nonfinite_values_survive() -> None:
-    rec = protocol.decode(protocol.encode(Record(protocol.METRICS, 1, 1, 0.0, {"values": {"a": float("nan"), "b": float("inf")}})))
+    rec = protocol.decode(
+        protocol.encode(
+            Record(protocol.METRICS, 1, 1, 0.0, {"values": {"a": float("nan"), "b": float("inf")}})
+        )
+    )
     assert np.isnan(rec.data["values"]["a"]) and rec.data["values"]["b"] == float("inf")
 
 
@@ -52,7 +61,9 @@ def test_arrays_travel_as_raw_bytes(dtype: str) -> None:
 
 
 def test_unknown_kinds_and_fields_decode_for_the_reader_to_ignore() -> None:
-    body = msgpack.packb({"v": protocol.PROTOCOL_VERSION, "k": "from_the_future", "q": 3, "s": 1, "t": 0.0, "d": {}, "x": 1})
+    body = msgpack.packb(
+        {"v": protocol.PROTOCOL_VERSION, "k": "from_the_future", "q": 3, "s": 1, "t": 0.0, "d": {}, "x": 1}
+    )
     rec = protocol.decode(body)
     assert rec.kind == "from_the_future" and rec.seq == 3
 
@@ -95,7 +106,9 @@ def test_malformed_structures(obj: object) -> None:
 
 def test_lying_array_extension_is_rejected() -> None:
     payload = msgpack.packb(["<f8", [1000, 1000], b"\x00" * 8], use_bin_type=True)
-    body = msgpack.packb({"v": 1, "k": "metrics", "q": 1, "d": {"a": msgpack.ExtType(1, payload)}}, use_bin_type=True)
+    body = msgpack.packb(
+        {"v": 1, "k": "metrics", "q": 1, "d": {"a": msgpack.ExtType(1, payload)}}, use_bin_type=True
+    )
     with pytest.raises(ProtocolError, match="needs 8000000 bytes"):
         protocol.decode(body)
 

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from tuimon_agent import protocol
 from tuimon_agent.runfile import PersistenceError, RunFileReader, RunFileWriter
 
@@ -16,7 +17,9 @@ from tuimon_agent.runfile import PersistenceError, RunFileReader, RunFileWriter
 def _write(path: Path, n: int, *, commit_every: int = 50) -> RunFileWriter:
     w = RunFileWriter(path, meta={"run_id": "rid", "name": "test"})
     for i in range(1, n + 1):
-        rec = protocol.Record(protocol.METRICS, i, i, float(i), {"values": {"loss": 1.0 / i, "nan": float("nan")}})
+        rec = protocol.Record(
+            protocol.METRICS, i, i, float(i), {"values": {"loss": 1.0 / i, "nan": float("nan")}}
+        )
         w.add(rec, protocol.encode(rec))
         if i % commit_every == 0:
             w.commit()
@@ -37,7 +40,9 @@ def test_round_trip_and_scalars_table(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     rows = db.execute("SELECT step, value FROM scalars WHERE name = 'loss' ORDER BY step").fetchall()
     assert len(rows) == 120 and rows[3] == (4, 0.25)
-    assert db.execute("SELECT COUNT(*) FROM scalars WHERE name = 'nan' AND value IS NULL").fetchone()[0] == 120
+    assert (
+        db.execute("SELECT COUNT(*) FROM scalars WHERE name = 'nan' AND value IS NULL").fetchone()[0] == 120
+    )
 
 
 def test_reader_sees_only_committed_batches_while_the_writer_is_open(tmp_path: Path) -> None:
@@ -54,8 +59,12 @@ def test_the_sqlite3_shell_can_query_it(tmp_path: Path) -> None:
     path = tmp_path / "run.sqlite"
     _write(path, 10).close()
     try:
-        out = subprocess.run(["sqlite3", str(path), "SELECT MAX(step) FROM scalars WHERE name='loss'"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["sqlite3", str(path), "SELECT MAX(step) FROM scalars WHERE name='loss'"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except FileNotFoundError:
         pytest.skip("the sqlite3 shell is not installed")
     assert out.strip() == "10"

@@ -29,8 +29,17 @@ from .runs import RunNotFound, list_runs, resolve
 from .source import FileSource, LiveSource, SourceUpdate
 
 DEMO_BUGS = (
-    "none", "exploding", "vanishing", "nan", "overfit", "underfit", "plateau", "diverge", "dead-relu",
-    "saturation", "unnormalized",
+    "none",
+    "exploding",
+    "vanishing",
+    "nan",
+    "overfit",
+    "underfit",
+    "plateau",
+    "diverge",
+    "dead-relu",
+    "saturation",
+    "unnormalized",
 )
 
 
@@ -60,7 +69,9 @@ def cmd_default(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if not live:
         lines = ["no live tuimon run on this machine."]
-        lines.append("  start one: add `mon = tuimon_agent.watch(model, optimizer)` to a training script, or run `tuimon demo`")
+        lines.append(
+            "  start one: add `mon = tuimon_agent.watch(model, optimizer)` to a training script, or run `tuimon demo`"
+        )
         recent = [e for e in list_runs() if e.state != "live" and e.run_file][:3]
         for e in recent:
             lines.append(f"  recent: {e.name} ({e.run_id})  →  tuimon replay {e.run_file}")
@@ -98,11 +109,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log_dir = Path(os.environ.get("TUIMON_DIR") or "tuimon-runs")
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    cmd = [sys.executable, str(script), "--bug", args.bug, "--steps", str(args.steps), "--pace", str(args.pace),
-           "--run", name]
+    cmd = [
+        sys.executable,
+        str(script),
+        "--bug",
+        args.bug,
+        "--steps",
+        str(args.steps),
+        "--pace",
+        str(args.pace),
+        "--run",
+        name,
+    ]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    print(f"tuimon: started the demo (pid {proc.pid}, bug={args.bug}); its output goes to {log_path}", file=sys.stderr)
+    print(
+        f"tuimon: started the demo (pid {proc.pid}, bug={args.bug}); its output goes to {log_path}",
+        file=sys.stderr,
+    )
     try:
         info = _wait_for_run(proc, timeout=60.0)
         if info is None:
@@ -142,7 +166,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no runs: none live on this machine and none under ./tuimon-runs (or $TUIMON_DIR)")
         return 0
     rows = [("RUN ID", "NAME", "STATE", "PID", "STARTED", "RUN FILE")]
-    rows += [(e.run_id, e.name, e.state, str(e.pid or "-"), _when(e.started), e.run_file or "-") for e in entries]
+    rows += [
+        (e.run_id, e.name, e.state, str(e.pid or "-"), _when(e.started), e.run_file or "-") for e in entries
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[5])
@@ -167,7 +193,9 @@ def jsonable(value: Any) -> Any:
 def format_record(rec: protocol.Record, *, as_json: bool) -> str:
     """One line for ``tuimon tail``."""
     if as_json:
-        return json.dumps({"seq": rec.seq, "kind": rec.kind, "step": rec.step, "ts": rec.ts, **jsonable(rec.data)})
+        return json.dumps(
+            {"seq": rec.seq, "kind": rec.kind, "step": rec.step, "ts": rec.ts, **jsonable(rec.data)}
+        )
     head = f"{rec.seq:>7} {rec.kind:<8} step={rec.step if rec.step is not None else '-'}"
     if rec.kind in (protocol.METRICS, protocol.EVAL):
         body = " ".join(f"{k}={v:.6g}" for k, v in protocol.values_of(rec).items())
@@ -238,10 +266,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         target = resolve(args.run)
     except (RunNotFound, discovery.RuntimeDirError) as exc:
         return _fail(str(exc))
-    path = Path(target.run_file) if isinstance(target, discovery.ConnectionInfo) and target.run_file else target
+    path = (
+        Path(target.run_file) if isinstance(target, discovery.ConnectionInfo) and target.run_file else target
+    )
     if not isinstance(path, Path):
         return _fail(f"{args.run} has no run file to export")
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115 (closed below)
     try:
         with RunFileReader(path) as reader:
             if args.format == "jsonl":
@@ -267,8 +297,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``tuimon --help``)."""
     p = argparse.ArgumentParser(
-        prog="tuimon", description="Live, per-layer diagnosis of PyTorch training in the terminal. "
-        "With no command: attach to the newest live run on this machine."
+        prog="tuimon",
+        description="Live, per-layer diagnosis of PyTorch training in the terminal. "
+        "With no command: attach to the newest live run on this machine.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("list", help="live and recent runs")
@@ -281,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", metavar="PATH", help="a run.sqlite file or its run directory")
     s.add_argument("--follow", action="store_true", help="keep reading records the run adds to the file")
     s.set_defaults(func=cmd_replay)
-    s = sub.add_parser("tail", help="print records as lines (last COUNT, then live ones while the run is live)")
+    s = sub.add_parser(
+        "tail", help="print records as lines (last COUNT, then live ones while the run is live)"
+    )
     s.add_argument("run", metavar="RUN")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.add_argument("--count", "-n", type=int, default=20, help="how many past records to print (default 20)")

@@ -54,8 +54,12 @@ def list_runs() -> list[RunEntry]:
     for r in discovery.recent_runs():
         if r["run_id"] not in entries:
             entries[r["run_id"]] = RunEntry(
-                r["run_id"], r.get("name", ""), r.get("state", "ended"), int(r.get("pid", 0)),
-                float(r.get("started", 0.0)), r.get("run_file"),
+                r["run_id"],
+                r.get("name", ""),
+                r.get("state", "ended"),
+                int(r.get("pid", 0)),
+                float(r.get("started", 0.0)),
+                r.get("run_file"),
             )
     for d in runs_dirs():
         for f in sorted(d.glob("*/run.sqlite")):
@@ -124,5 +128,13 @@ def _endpoint_info(spec: str) -> discovery.ConnectionInfo:
     else:
         router = spec[: -len(".pub")] + ".req" if spec.endswith(".pub") else spec + ".req"
     return discovery.ConnectionInfo(
-        run_id=spec, name=spec, pub=spec, router=router, key="", pid=0, host="", started=time.time(), run_file=None
+        run_id=spec,
+        name=spec,
+        pub=spec,
+        router=router,
+        key="",
+        pid=0,
+        host="",
+        started=time.time(),
+        run_file=None,
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import zmq
 import zmq.asyncio
+
 from tuimon_agent import discovery, protocol
 from tuimon_agent.runfile import RunFileReader
 
@@ -137,7 +138,11 @@ class LiveSource(Source):
                 nxt = await self._wait_for_restart()
                 self.info, reset = nxt, True
                 self.label = nxt.name
-                emit(SourceUpdate(status="reconnecting", message=f"trainer restarted: following run {nxt.run_id}"))
+                emit(
+                    SourceUpdate(
+                        status="reconnecting", message=f"trainer restarted: following run {nxt.run_id}"
+                    )
+                )
         finally:
             self._ctx.destroy(linger=0)
 
@@ -201,7 +206,11 @@ class LiveSource(Source):
         while True:
             await dealer.send(protocol.encode_request(protocol.SNAPSHOT_REQ, after=last, limit=BATCH))
             if not await dealer.poll(REQUEST_TIMEOUT * 1000):
-                emit(SourceUpdate(message="the agent did not answer a history request; following the live stream"))
+                emit(
+                    SourceUpdate(
+                        message="the agent did not answer a history request; following the live stream"
+                    )
+                )
                 return last
             body = (await dealer.recv_multipart())[-1]
             try:
@@ -210,7 +219,9 @@ class LiveSource(Source):
                 emit(SourceUpdate(malformed=1))
                 return last
             if reply.kind != protocol.SNAPSHOT:
-                emit(SourceUpdate(message=f"history request refused: {reply.data.get('message', reply.kind)}"))
+                emit(
+                    SourceUpdate(message=f"history request refused: {reply.data.get('message', reply.kind)}")
+                )
                 return last
             bodies = reply.data.get("records", [])
             records, bad = decode_bodies(bodies if isinstance(bodies, list) else [])
@@ -263,5 +274,9 @@ class LiveSource(Source):
             await asyncio.sleep(1.0)
             with contextlib.suppress(OSError, discovery.RuntimeDirError):
                 for info in discovery.live_runs():
-                    if info.name == self.info.name and info.run_id != seen and info.started >= self.info.started:
+                    if (
+                        info.name == self.info.name
+                        and info.run_id != seen
+                        and info.started >= self.info.started
+                    ):
                         return info

@@ -58,7 +58,9 @@ def runtime_dir(*, create: bool = True) -> Path:
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
             raise RuntimeDirError(f"runtime directory {d} is not a directory")
         if st.st_uid != os.getuid():
-            raise RuntimeDirError(f"runtime directory {d} is owned by uid {st.st_uid}, not you ({os.getuid()})")
+            raise RuntimeDirError(
+                f"runtime directory {d} is owned by uid {st.st_uid}, not you ({os.getuid()})"
+            )
         if st.st_mode & 0o077:
             raise RuntimeDirError(
                 f"runtime directory {d} has mode {stat.S_IMODE(st.st_mode):o}; it must be 700 (chmod 700 {d})"

@@ -228,7 +228,8 @@ class Monitor:
             return
         try:
             groups = [
-                (g.get("lr"), g.get("momentum"), g.get("betas"), g.get("weight_decay")) for g in optimizer.param_groups
+                (g.get("lr"), g.get("momentum"), g.get("betas"), g.get("weight_decay"))
+                for g in optimizer.param_groups
             ]
             q = self._queue
             if len(q) >= self._maxlen:
@@ -309,8 +310,13 @@ def _hello(mon: Monitor, model: Any, optimizer: Any) -> dict[str, Any]:
         for name, p in model.named_parameters():
             device = device or str(p.device)
             params.append(
-                {"name": name, "shape": list(p.shape), "numel": int(p.numel()), "dtype": str(p.dtype).replace("torch.", ""),
-                 "trainable": bool(p.requires_grad)}
+                {
+                    "name": name,
+                    "shape": list(p.shape),
+                    "numel": int(p.numel()),
+                    "dtype": str(p.dtype).replace("torch.", ""),
+                    "trainable": bool(p.requires_grad),
+                }
             )
         layers = []
         for name, m in model.named_modules():

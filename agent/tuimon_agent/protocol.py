@@ -127,7 +127,9 @@ def _ext_hook(code: int, payload: bytes) -> Any:
         raise ProtocolError("object arrays are not allowed")
     count = math.prod(shape) if shape else 1
     if count * dt.itemsize != len(raw):
-        raise ProtocolError(f"array of {dtype}{tuple(shape)} needs {count * dt.itemsize} bytes, got {len(raw)}")
+        raise ProtocolError(
+            f"array of {dtype}{tuple(shape)} needs {count * dt.itemsize} bytes, got {len(raw)}"
+        )
     return np.frombuffer(raw, dtype=dt).reshape(shape)
 
 
@@ -164,9 +166,7 @@ def decode(body: bytes) -> Record:
     if len(body) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {len(body)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
     try:
-        obj = msgpack.unpackb(
-            body, raw=False, ext_hook=_ext_hook, strict_map_key=True
-        )
+        obj = msgpack.unpackb(body, raw=False, ext_hook=_ext_hook, strict_map_key=True)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several types for truncated or garbage input
@@ -175,8 +175,16 @@ def decode(body: bytes) -> Record:
         raise ProtocolError(f"a message must be a map, got {type(obj).__name__}")
     version = obj.get("v")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version!r} is not supported (this reader speaks {PROTOCOL_VERSION})")
-    kind, seq, step, ts, data = obj.get("k"), obj.get("q", 0), obj.get("s"), obj.get("t", 0.0), obj.get("d", {})
+        raise ProtocolError(
+            f"protocol version {version!r} is not supported (this reader speaks {PROTOCOL_VERSION})"
+        )
+    kind, seq, step, ts, data = (
+        obj.get("k"),
+        obj.get("q", 0),
+        obj.get("s"),
+        obj.get("t", 0.0),
+        obj.get("d", {}),
+    )
     if not isinstance(kind, str) or not kind:
         raise ProtocolError(f"message kind must be a non-empty string, got {kind!r}")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:

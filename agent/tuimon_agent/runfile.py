@@ -121,7 +121,8 @@ class RunFileWriter:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO records (seq, kind, step, ts, body) VALUES (?, ?, ?, ?, ?)", records
+                    "INSERT OR IGNORE INTO records (seq, kind, step, ts, body) VALUES (?, ?, ?, ?, ?)",
+                    records,
                 )
                 if scalars:
                     self._db.executemany(
@@ -173,7 +174,9 @@ class RunFileReader:
         except sqlite3.OperationalError:
             # A read-only directory cannot hold the -shm file WAL readers need; read it as immutable instead.
             try:
-                self._db = sqlite3.connect(f"file:{p.resolve()}?immutable=1", uri=True, check_same_thread=False)
+                self._db = sqlite3.connect(
+                    f"file:{p.resolve()}?immutable=1", uri=True, check_same_thread=False
+                )
                 self._meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
             except sqlite3.DatabaseError as exc:
                 raise ValueError(f"{p} is not a tuimon run file: {exc}") from None

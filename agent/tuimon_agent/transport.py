@@ -265,7 +265,9 @@ class AgentThread(threading.Thread):
             elif tag == _END:
                 self._flush_opt()
                 dropped, steps = self._counters()
-                self._emit(protocol.END, step, ts, {"reason": payload["reason"], "dropped": dropped, "steps": steps})
+                self._emit(
+                    protocol.END, step, ts, {"reason": payload["reason"], "dropped": dropped, "steps": steps}
+                )
                 self._ended = True
                 self._commit()
 
@@ -326,7 +328,9 @@ class AgentThread(threading.Thread):
             protocol.HEARTBEAT, self._seq, step, time.time(), {"dropped": dropped, "queued": len(self._queue)}
         )
         try:
-            self._pub.send_multipart([protocol.topic(protocol.HEARTBEAT), protocol.encode(rec)], flags=zmq.NOBLOCK)
+            self._pub.send_multipart(
+                [protocol.topic(protocol.HEARTBEAT), protocol.encode(rec)], flags=zmq.NOBLOCK
+            )
         except zmq.Again:
             pass
 
@@ -347,7 +351,9 @@ class AgentThread(threading.Thread):
         if req.kind == protocol.SNAPSHOT_REQ:
             after, limit = req.data.get("after", 0), req.data.get("limit", SNAPSHOT_LIMIT)
             if not isinstance(after, int) or not isinstance(limit, int) or after < 0 or limit < 1:
-                self._reply(ident, protocol.ERROR, {"message": f"bad snapshot_req: after={after!r} limit={limit!r}"})
+                self._reply(
+                    ident, protocol.ERROR, {"message": f"bad snapshot_req: after={after!r} limit={limit!r}"}
+                )
                 return
             self._reply(ident, protocol.SNAPSHOT, self._snapshot(after, min(limit, SNAPSHOT_LIMIT)))
         else:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up ./.venv once (again when a pyproject.toml changes), then runs one of:
+#   ./dev.sh demo [tuimon demo options]   train the demo CNN and open the TUI on it
+#   ./dev.sh test [pytest options]        lint, import contract, and the test suite
+#   ./dev.sh bench                        the benchmarks (tables on stdout)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+. .venv/bin/activate
+stamp=.venv/.tuimon-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ agent/pyproject.toml -nt "$stamp" ]; then
+  # Users bring their own torch; where none is installed, take 2.13.0 (a plain `torch` resolves to a
+  # multi-GB CUDA build).
+  python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
+  python -m pip install -q -e ./agent -e ".[dev]"
+  touch "$stamp"
+fi
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  demo) exec tuimon demo "$@" ;;
+  test)
+    ruff check .
+    lint-imports
+    exec python -m pytest -q "$@"
+    ;;
+  bench)
+    python tests/benchmarks/bench_log.py
+    python tests/benchmarks/bench_ingest.py
+    python tests/benchmarks/bench_viewer.py
+    ;;
+  *) echo "usage: ./dev.sh demo|test|bench [options]" >&2; exit 2 ;;
+esac

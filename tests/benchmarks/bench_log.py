@@ -1,0 +1,124 @@
+"""What ``mon.log()`` costs the training thread, side by side with TensorBoard and an empty loop, in one run.
+
+    python tests/benchmarks/bench_log.py [--steps N]
+
+Each configuration runs the same real training step (a small MLP's forward, backward and SGD step on the CPU) and
+then records 4 or 32 scalars, timing only the recording call with ``perf_counter_ns``:
+
+- ``empty``: a call to a function that does nothing (the timer's own overhead),
+- ``dict``: building the keyword dict the scalars travel in,
+- ``tuimon``: ``mon.log(**values)`` on a live monitor (PUB socket and run file on),
+- ``tensorboard``: ``SummaryWriter.add_scalar`` once per scalar.
+
+It prints median and 99th percentile in microseconds, the ratio to TensorBoard, and the whole loop's time per step
+(training step included) so the agent thread's share of the CPU shows too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import tuimon_agent
+
+
+def _step_fn() -> Callable[[], None]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(64, 32), torch.randint(0, 10, (64,))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _measure(
+    record: Callable[[int, dict[str, float]], Any], names: list[str], steps: int
+) -> dict[str, float]:
+    step = _step_fn()
+    costs = []
+    perf = time.perf_counter_ns
+    t_start = time.perf_counter()
+    for i in range(steps):
+        step()
+        values = {n: 0.5 + i * 1e-3 for n in names}
+        t0 = perf()
+        record(i, values)
+        costs.append(perf() - t0)
+    loop = time.perf_counter() - t_start
+    costs.sort()
+    return {
+        "median_us": statistics.median(costs) / 1e3,
+        "p99_us": costs[int(len(costs) * 0.99)] / 1e3,
+        "loop_us_per_step": loop / steps * 1e6,
+    }
+
+
+def run(steps: int) -> list[tuple[str, int, dict[str, float]]]:
+    """Run every configuration for 4 and 32 scalars; returns ``(name, n_scalars, figures)`` rows."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (4, 32):
+            names = [f"metric_{k}" for k in range(n)]
+
+            def empty(i: int, values: dict[str, float]) -> None:
+                pass
+
+            rows.append(("empty", n, _measure(empty, names, steps)))
+
+            def build_dict(i: int, values: dict[str, float]) -> None:
+                dict(**values)
+
+            rows.append(("dict", n, _measure(build_dict, names, steps)))
+
+            mon = tuimon_agent.watch(run=f"bench-{n}", dir=tmp)
+            rows.append(("tuimon", n, _measure(lambda i, v, mon=mon: mon.log(**v), names, steps)))
+            mon.close()
+            if mon.dropped:
+                print(f"  (tuimon dropped {mon.dropped} items at {n} scalars)")
+
+            writer = SummaryWriter(log_dir=f"{tmp}/tb-{n}")
+
+            def tensorboard(i: int, values: dict[str, float], writer: SummaryWriter = writer) -> None:
+                for k, v in values.items():
+                    writer.add_scalar(k, v, i)
+
+            rows.append(("tensorboard", n, _measure(tensorboard, names, steps)))
+            writer.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=5000)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = run(args.steps)
+    tb = {n: f["median_us"] for name, n, f in rows if name == "tensorboard"}
+    print(f"\nlog() cost on the training thread ({args.steps} steps each, torch {torch.__version__}, CPU)\n")
+    print(
+        f"{'recorder':<12} {'scalars':>7} {'median µs':>10} {'p99 µs':>9} {'TB / this':>10} {'loop µs/step':>13}"
+    )
+    for name, n, f in rows:
+        ratio = tb[n] / f["median_us"] if f["median_us"] > 0 else float("inf")
+        print(
+            f"{name:<12} {n:>7} {f['median_us']:>10.2f} {f['p99_us']:>9.2f} {ratio:>9.0f}× {f['loop_us_per_step']:>13.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
