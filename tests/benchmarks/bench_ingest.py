@@ -22,9 +22,9 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 
 import msgpack
-from tuimon_agent import protocol
 
 from tuimon.state import RunState
+from tuimon_agent import protocol
 
 NAMES = ["loss", "acc", "grad_norm", "opt/lr", "opt/momentum", "opt/weight_decay", "tokens_per_s", "ppl"]
 

@@ -1,0 +1,53 @@
+"""Appearance: SVG snapshots of the viewer on the deterministic recorded run (see ``recorded_run``'s docstring).
+
+Regenerate with ``pytest tests/test_snapshots.py --snapshot-update`` and look at the SVGs before committing them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from test_app import wait_loaded
+from textual.pilot import Pilot
+
+from tuimon.app import make_app
+from tuimon.source import FileSource
+from tuimon.widgets import MetricList
+
+
+async def _loaded(pilot: Pilot) -> None:
+    await wait_loaded(pilot)
+
+
+async def _help(pilot: Pilot) -> None:
+    await wait_loaded(pilot)
+    await pilot.press("question_mark")
+    await pilot.pause()
+
+
+async def _acc_smoothed(pilot: Pilot) -> None:
+    await wait_loaded(pilot)
+    await pilot.press("down", "s")
+    await pilot.pause()
+    assert pilot.app.screen.query_one(MetricList).selected == "acc"
+
+
+def test_overview_80x24(snap_compare: Any, recorded_run: Path) -> None:
+    assert snap_compare(make_app(FileSource(recorded_run)), terminal_size=(80, 24), run_before=_loaded)
+
+
+def test_overview_160x48(snap_compare: Any, recorded_run: Path) -> None:
+    assert snap_compare(make_app(FileSource(recorded_run)), terminal_size=(160, 48), run_before=_loaded)
+
+
+def test_overview_acc_smoothed_100x30(snap_compare: Any, recorded_run: Path) -> None:
+    assert snap_compare(make_app(FileSource(recorded_run)), terminal_size=(100, 30), run_before=_acc_smoothed)
+
+
+def test_help_screen(snap_compare: Any, recorded_run: Path) -> None:
+    assert snap_compare(make_app(FileSource(recorded_run)), terminal_size=(80, 24), run_before=_help)
+
+
+def test_too_small(snap_compare: Any, recorded_run: Path) -> None:
+    assert snap_compare(make_app(FileSource(recorded_run)), terminal_size=(50, 12), run_before=_loaded)

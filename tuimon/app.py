@@ -1,0 +1,180 @@
+"""The viewer app and the one factory that builds it, for the CLI and the tests alike.
+
+Data flow: a :class:`~tuimon.source.Source` runs in a worker on the app's event loop (so zmq.asyncio sockets live on
+that loop) and calls ``emit`` with batches; ``emit`` posts :class:`~tuimon.messages.SourceUpdated`; its handler
+applies the batch to the :class:`~tuimon.state.RunState` and only marks the view dirty. A 10 Hz timer repaints the
+screen when something changed, so 10,000 records a second never mean 10,000 repaints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from tuimon_agent.discovery import ConnectionInfo
+
+from .messages import SourceUpdated
+from .screens import HelpScreen, OverviewScreen, PickRun
+from .source import Source, SourceUpdate
+from .state import RunState
+
+REPAINT_INTERVAL = 0.1
+"""Seconds between repaints at most (10 Hz)."""
+
+MakeSource = Callable[[ConnectionInfo], Source]
+
+
+class TuimonApp(App[None]):
+    """The tuimon viewer: one run's live (or replayed) state. Build it with :func:`make_app`.
+
+    Args:
+        source: Where records come from; ``None`` to pick one of ``choices`` first (or to wait forever).
+        choices: Live runs to pick from when there is no ``source``; a picker is shown when there are several.
+        make_source: Builds the source for the picked run (default: :class:`~tuimon.source.LiveSource`).
+    """
+
+    CSS_PATH = "app.tcss"
+    TITLE = "tuimon"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+    ]
+
+    def __init__(
+        self,
+        source: Source | None = None,
+        *,
+        choices: list[ConnectionInfo] | None = None,
+        make_source: MakeSource | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.choices = list(choices or [])
+        self._make_source = make_source
+        self.state = RunState()
+        """Everything known about the run; changed only by :meth:`on_source_updated`."""
+        self.status = "waiting"
+        """The source's latest connection state."""
+        self.notice: str | None = None
+        """The source's latest note for the user."""
+        self.repaints = 0
+        """How many times the timer repainted the screen."""
+        self._dirty = True
+        self._reset = False
+        self.overview = OverviewScreen()
+
+    def get_default_screen(self) -> Screen:
+        return self.overview
+
+    def on_mount(self) -> None:
+        self.set_interval(REPAINT_INTERVAL, self._repaint, name="repaint")
+        if self.source is not None:
+            self._start(self.source)
+        elif len(self.choices) == 1:
+            self._start(self._source_for(self.choices[0]))
+        elif self.choices:
+            self.push_screen(PickRun(self.choices), self._picked)
+
+    def _source_for(self, info: ConnectionInfo) -> Source:
+        if self._make_source is not None:
+            return self._make_source(info)
+        from .source import LiveSource
+
+        return LiveSource(info)
+
+    def _picked(self, info: ConnectionInfo | None) -> None:
+        if info is None:
+            self.exit()
+            return
+        self._start(self._source_for(info))
+
+    def _start(self, source: Source) -> None:
+        """Run ``source`` in a worker on this event loop, replacing any source that runs now."""
+        self.source = source
+        self._dirty = True
+        self.run_worker(
+            source.run(self._emit),
+            name=f"source {source.label}",
+            group="source",
+            exclusive=True,
+            exit_on_error=False,
+        )
+
+    def _emit(self, update: SourceUpdate) -> None:
+        """The callback a source calls (on this loop) with each batch."""
+        self.post_message(SourceUpdated(update))
+
+    def on_source_updated(self, message: SourceUpdated) -> None:
+        """Apply a batch to the state and mark the view dirty; the timer repaints."""
+        update = message.update
+        state = self.state
+        if update.reset:
+            state.reset()
+            self._reset = True
+        if update.records:
+            state.apply_many(update.records)
+        if update.malformed:
+            state.note_malformed(update.malformed)
+        if update.status is not None:
+            self.status = update.status
+        if update.message is not None:
+            self.notice = update.message
+        self._dirty = True
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "source" or event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        self.notice = f"source failed: {type(error).__name__}: {error}"
+        self.status = "ended"
+        self._dirty = True
+
+    @property
+    def display_status(self) -> str:
+        """The state the header shows: the source's, except that an end record turns ``live`` into ``ended``."""
+        if self.state.ended and self.status in ("live", "stale", "waiting"):
+            return "ended"
+        return self.status
+
+    def _repaint(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self.repaints += 1
+        if self._reset:
+            self._reset = False
+            self.overview.clear()
+        label = self.source.label if self.source is not None else "a run"
+        self.overview.update(self.state, status=self.display_status, label=label, notice=self.notice)
+
+    def action_help(self) -> None:
+        """Show the help screen (or close it)."""
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss(None)
+        else:
+            self.push_screen(HelpScreen())
+
+
+def make_app(
+    source: Source | None = None,
+    *,
+    choices: list[ConnectionInfo] | None = None,
+    make_source: MakeSource | None = None,
+) -> TuimonApp:
+    """Build the viewer app: the one factory for the CLI and the tests.
+
+    Args:
+        source: Where records come from (a :class:`~tuimon.source.LiveSource` or a
+            :class:`~tuimon.source.FileSource`).
+        choices: Live runs to pick from, when ``source`` is ``None``; several show a picker first.
+        make_source: Builds the source for the picked run (default: ``LiveSource``).
+
+    Returns:
+        The app, not yet running.
+    """
+    return TuimonApp(source, choices=choices, make_source=make_source)

@@ -1,0 +1,141 @@
+"""The one-line run header: name, step, speed, elapsed time, learning rate, connection state and loss counters."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from rich.style import Style
+from rich.text import Text
+from textual.app import RenderResult
+from textual.widget import Widget
+
+from ..state import RunState
+from ._style_cache import CachedComponentStyles
+
+STATES = ("waiting", "loading", "live", "stale", "ended", "reconnecting", "replay")
+"""The connection states a source reports (see ``tuimon.source.SourceUpdate.status``)."""
+
+
+def format_elapsed(seconds: float) -> str:
+    """``h:mm:ss`` for a duration in seconds (negative and non-finite read as 0)."""
+    s = int(seconds) if math.isfinite(seconds) and seconds > 0 else 0
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def format_value(value: float | None) -> str:
+    """A value with 4 significant digits (``-`` when there is none, ``nan``/``inf`` as such)."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+class RunHeader(CachedComponentStyles, Widget):
+    """One line about the run as a whole, compact enough for 80 columns: the name gives way first.
+
+    Data comes in through :meth:`update` only; nothing is read from the state until then.
+    """
+
+    DEFAULT_CSS = """
+    RunHeader {
+        height: 1;
+        width: 1fr;
+        background: $panel;
+        color: $foreground;
+        padding: 0 1;
+    }
+    RunHeader > .run-header--name { text-style: bold; color: $text-primary; }
+    RunHeader > .run-header--label { color: $text-muted; }
+    RunHeader > .run-header--warn { color: $text-warning; text-style: bold; }
+    RunHeader > .run-header--error { color: $text-error; text-style: bold; }
+    RunHeader > .run-header--state-waiting { color: $text-muted; text-style: bold; }
+    RunHeader > .run-header--state-loading { color: $text-accent; text-style: bold; }
+    RunHeader > .run-header--state-live { color: $text-success; text-style: bold; }
+    RunHeader > .run-header--state-stale { color: $text-warning; text-style: bold; }
+    RunHeader > .run-header--state-ended { color: $text-secondary; text-style: bold; }
+    RunHeader > .run-header--state-reconnecting { color: $text-warning; text-style: bold reverse; }
+    RunHeader > .run-header--state-replay { color: $text-primary; text-style: bold; }
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "run-header--name",
+        "run-header--label",
+        "run-header--warn",
+        "run-header--error",
+        *(f"run-header--state-{s}" for s in STATES),
+    }
+    """
+    | Class | Description |
+    | :- | :- |
+    | `run-header--name` | The run's name. |
+    | `run-header--label` | The small words before figures (`step`, `lr`, ...). |
+    | `run-header--warn` | A nonzero dropped or gap counter. |
+    | `run-header--error` | A nonzero malformed counter. |
+    | `run-header--state-<state>` | The state badge, one class per state in `STATES`. |
+    """
+
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self._run_name = ""
+        self._status = "waiting"
+        self._figures: tuple[int, float, float, float | None] = (0, 0.0, 0.0, None)
+        self._counters: tuple[int, int, int] = (0, 0, 0)
+
+    @property
+    def status(self) -> str:
+        """The state shown in the badge."""
+        return self._status
+
+    def update(self, state: RunState, *, status: str, label: str) -> None:
+        """Show the run's latest figures.
+
+        Args:
+            state: The run state.
+            status: The connection state (one of :data:`STATES`).
+            label: What to call the run before its hello arrives (the source's label).
+        """
+        self._run_name = state.name or label
+        self._status = status
+        self._figures = (state.step, state.steps_per_second(), state.elapsed(), state.lr())
+        self._counters = (state.dropped, state.gaps, state.malformed)
+        self.refresh()
+
+    def render(self) -> RenderResult:
+        label = self.component_style("run-header--label")
+        step, sps, elapsed, lr = self._figures
+        dropped, gaps, malformed = self._counters
+
+        def counter(word: str, n: int, cls: str) -> tuple[str, Style]:
+            return f"{word} {n:,}", self.component_style(cls) if n else label
+
+        right = Text.assemble(
+            ("step ", label),
+            f"{step:,}",
+            "  ",
+            f"{sps:.1f}" if sps < 100 else f"{sps:,.0f}",
+            (" it/s  ", label),
+            format_elapsed(elapsed),
+            *((("  lr ", label), f"{lr:.3g}") if lr is not None else ()),
+            "  ",
+            (
+                f"● {self._status}",
+                self.component_style(f"run-header--state-{self._status}")
+                if self._status in STATES
+                else label,
+            ),
+            "  ",
+            counter("drop", dropped, "run-header--warn"),
+            " ",
+            counter("gap", gaps, "run-header--warn"),
+            *((" ", counter("bad", malformed, "run-header--error")) if malformed else ()),
+            no_wrap=True,
+            end="",
+        )
+        room = self.content_size.width - right.cell_len - 2
+        name = Text(self._run_name, style=self.component_style("run-header--name"), no_wrap=True, end="")
+        if room < 4:
+            right.truncate(self.content_size.width, overflow="ellipsis")
+            return right
+        name.truncate(room, overflow="ellipsis")
+        gap = " " * (self.content_size.width - name.cell_len - right.cell_len)
+        return Text.assemble(name, gap, right, no_wrap=True, end="")
