@@ -185,7 +185,8 @@ class MetricRow(CachedComponentStyles, Widget):
         spark_width = max(0, width - NAME_WIDTH - VALUE_WIDTH - EVAL_WIDTH - 5)
         spark = ""
         if self._series is not None and spark_width >= 4:
-            spark = sparkline(self._series.tail_values(spark_width * 2), spark_width)
+            # The whole run, not the last few points: a step in the LR or an early blow-up stays visible.
+            spark = sparkline(self._series.downsample(spark_width)[3], spark_width)
         value = format_value(self._value).rjust(VALUE_WIDTH)
         return spark.ljust(spark_width), value, arrow, arrow_cls, ev[:EVAL_WIDTH].rjust(EVAL_WIDTH)
 
