@@ -1,0 +1,259 @@
+"""``demo/digits.py``: every ``--bug`` shows its pathology in the numbers of a real (short) training run.
+
+The runs use ``--no-monitor`` and ``--pace 0``; each check reads the figures that ``train()`` returns. The
+last tests check the CLI, the pacing, and that a monitored run calls the agent API as documented.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+DEMO = Path(__file__).resolve().parents[1] / "demo" / "digits.py"
+LN10 = math.log(10)
+
+
+def _load_demo() -> types.ModuleType:
+    """Import demo/digits.py, which is a script in a folder of scripts rather than a package module."""
+    spec = importlib.util.spec_from_file_location("tuimon_demo_digits", DEMO)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+digits = _load_demo()
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Train on one CPU thread, as ``main()`` does: faster here, and the same floats on any machine size."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _args(bug: str, steps: int, *extra: str) -> Any:
+    return digits.parse_args(["--bug", bug, "--steps", str(steps), "--pace", "0", *extra])
+
+
+@cache
+def run(bug: str, steps: int = 300, eval_every: int = 50) -> dict[str, Any]:
+    """The figures of one bare (``--no-monitor``) run, cached: several checks read the healthy one."""
+    return digits.train(_args(bug, steps, "--eval-every", str(eval_every), "--no-monitor"))
+
+
+def check_none(r: dict[str, Any]) -> None:
+    assert r["loss_first"] == pytest.approx(LN10, abs=0.05)
+    assert r["loss_final"] < 0.3
+    assert r["val_acc"] > 0.9
+
+
+def check_exploding(r: dict[str, Any]) -> None:
+    assert r["grad_norm_max"] >= 100 * r["grad_norm_first"]
+    assert r["first_nan_step"] is None  # grows by orders of magnitude without going non-finite
+
+
+def check_vanishing(r: dict[str, Any]) -> None:
+    assert (
+        r["grad_ratio_first_last"] <= 1e-2
+    )  # at every probe, the first conv gets < 1% of the head's grad norm
+    assert r["loss_final"] == pytest.approx(LN10, abs=0.1)
+
+
+def check_nan(r: dict[str, Any]) -> None:
+    nan_step = r["steps"] // 3
+    assert r["first_nan_step"] == nan_step
+    healthy = r["losses"][: nan_step - 1]
+    assert all(math.isfinite(x) for x in healthy) and min(healthy) < 0.5  # it was learning first
+    assert math.isnan(r["loss_final"]) and math.isnan(r["val_loss"])  # and the NaN stays
+
+
+def check_overfit(r: dict[str, Any]) -> None:
+    assert r["loss_final"] < 0.1
+    assert r["val_loss"] > r["val_loss_min"] + 0.2
+    best = min(r["evals"], key=lambda e: e["val_loss"])
+    assert best["step"] < r["steps"] / 2  # val loss turned up early and kept rising
+
+
+def check_underfit(r: dict[str, Any]) -> None:
+    assert r["loss_final"] > 1.5 and r["val_loss"] > 1.5
+    assert abs(r["val_loss"] - r["loss_final"]) < 0.3  # no generalisation gap: capacity is the problem
+
+
+def check_plateau(r: dict[str, Any]) -> None:
+    assert r["loss_final"] == pytest.approx(LN10, abs=0.1)
+    assert r["val_loss"] == pytest.approx(LN10, abs=0.1)
+
+
+def check_diverge(r: dict[str, Any]) -> None:
+    assert max(r["losses"]) > 100
+    assert r["loss_final"] > 5 * LN10  # and it stays far above where it started
+
+
+def check_dead_relu(r: dict[str, Any]) -> None:
+    assert r["dead_fraction"] > 0.5
+
+
+def check_saturation(r: dict[str, Any]) -> None:
+    assert r["saturated_fraction"] > 0.5
+
+
+def check_unnormalized(r: dict[str, Any]) -> None:
+    assert r["input_max"] > 100
+    assert r["grad_norm_first"] > 10 * run("none")["grad_norm_first"]
+    assert r["dead_fraction"] > 0.5  # the huge first step killed the ReLUs
+
+
+CHECKS: dict[str, tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = {
+    "none": (check_none, {}),
+    "exploding": (check_exploding, {}),
+    "vanishing": (check_vanishing, {}),
+    "nan": (check_nan, {}),
+    "overfit": (check_overfit, {"eval_every": 10}),
+    "underfit": (check_underfit, {}),
+    "plateau": (check_plateau, {}),
+    "diverge": (check_diverge, {}),
+    "dead-relu": (check_dead_relu, {}),
+    "saturation": (check_saturation, {}),
+    "unnormalized": (check_unnormalized, {}),
+}
+
+
+def test_every_bug_has_a_check() -> None:
+    assert set(CHECKS) == set(digits.BUGS)
+
+
+@pytest.mark.parametrize("bug", list(CHECKS))
+def test_bug_shows_its_pathology(bug: str) -> None:
+    check, options = CHECKS[bug]
+    check(run(bug, **options))
+
+
+def test_the_healthy_run_shows_none_of_them() -> None:
+    r = run("none")
+    assert r["grad_norm_max"] < 20 * r["grad_norm_first"]
+    assert r["grad_ratio_first_last"] > 0.1
+    assert r["first_nan_step"] is None
+    assert r["dead_fraction"] < 0.2 and r["saturated_fraction"] == 0.0
+    assert r["input_max"] < 10
+    assert r["val_loss"] < r["val_loss_min"] + 0.05
+
+
+def test_cli_defaults() -> None:
+    a = digits.parse_args([])
+    assert (a.bug, a.steps, a.pace, a.run, a.dir, a.seed, a.eval_every) == (
+        "none",
+        3000,
+        0.05,
+        "digits-none",
+        None,
+        0,
+        50,
+    )
+    assert not a.no_monitor
+    assert digits.parse_args(["--bug", "dead-relu"]).run == "digits-dead-relu"
+    assert digits.parse_args(["--bug", "nan", "--run", "x"]).run == "x"
+    with pytest.raises(SystemExit):
+        digits.parse_args(["--bug", "no-such-bug"])
+
+
+def test_main_trains_and_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    assert digits.main(["--steps", "20", "--pace", "0", "--eval-every", "10", "--no-monitor"]) == 0
+    assert capsys.readouterr().out.startswith("none: 20 steps in ")
+
+
+def test_pace_spreads_the_steps_out() -> None:
+    t0 = time.perf_counter()
+    r = digits.train(_args("none", 10, "--pace", "0.03", "--no-monitor"))
+    assert r["seconds"] >= 0.3 and time.perf_counter() - t0 >= 0.3
+
+
+def test_no_monitor_needs_no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tuimon_agent", None)  # makes `import tuimon_agent` raise ImportError
+    assert len(digits.train(_args("none", 5, "--no-monitor"))["losses"]) == 5
+    with pytest.raises(ImportError):
+        digits.train(_args("none", 5))
+
+
+class FakeMonitor:
+    """Records what the training loop hands to the agent API."""
+
+    def __init__(self, model: Any, optimizer: Any, **options: Any) -> None:
+        self.model, self.optimizer, self.options = model, optimizer, options
+        self.logs: list[dict[str, Any]] = []
+        self.evals: list[tuple[int, dict[str, Any]]] = []
+        self.entered = self.exited = False
+
+    @property
+    def step(self) -> int:
+        return len(self.logs)
+
+    def log(self, **values: Any) -> None:
+        self.logs.append(values)
+
+    def log_eval(self, **values: Any) -> None:
+        self.evals.append((self.step, values))
+
+    def __enter__(self) -> FakeMonitor:
+        self.entered = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.exited = True
+
+
+def test_the_loop_calls_the_agent_api_as_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[FakeMonitor] = []
+
+    def watch(model: Any, optimizer: Any, **options: Any) -> FakeMonitor:
+        made.append(FakeMonitor(model, optimizer, **options))
+        return made[-1]
+
+    monkeypatch.setitem(sys.modules, "tuimon_agent", types.SimpleNamespace(watch=watch))
+    digits.train(_args("none", 25, "--eval-every", "10", "--run", "r1", "--dir", "/somewhere"))
+    (mon,) = made
+    assert isinstance(mon.model, torch.nn.Module) and isinstance(mon.optimizer, torch.optim.Optimizer)
+    assert mon.options == {"run": "r1", "dir": "/somewhere"}
+    assert mon.entered and mon.exited
+    assert len(mon.logs) == 25
+    for values in mon.logs:
+        assert set(values) == {"loss", "acc"}
+        assert all(
+            isinstance(v, torch.Tensor) and v.numel() == 1 and not v.requires_grad for v in values.values()
+        )
+    assert [s for s, _ in mon.evals] == [10, 20, 25]  # every --eval-every steps, and once at the end
+    for _, values in mon.evals:
+        assert set(values) == {"val_loss", "val_acc"} and all(type(v) is float for v in values.values())
+
+
+def test_a_monitored_run_lands_in_the_run_file(tmp_path: Path) -> None:
+    agent = pytest.importorskip("tuimon_agent")
+    from tuimon_agent import protocol
+    from tuimon_agent.runfile import RunFileReader
+
+    assert agent is not None
+    digits.train(_args("none", 30, "--eval-every", "10", "--dir", str(tmp_path)))
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    with RunFileReader(run_dir) as reader:
+        records = list(reader.records())
+    metrics = [r for r in records if r.kind == protocol.METRICS]
+    evals = [r for r in records if r.kind == protocol.EVAL]
+    assert [r.step for r in metrics] == list(range(1, 31))
+    assert all({"loss", "acc"} <= set(r.data["values"]) for r in metrics)
+    assert [r.step for r in evals] == [10, 20, 30]
+    assert all(0.0 <= r.data["values"]["val_acc"] <= 1.0 for r in evals)
