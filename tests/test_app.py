@@ -320,3 +320,13 @@ async def test_a_missing_run_file_is_reported_not_raised(tmp_path: Path) -> None
         assert plain(app.overview.query_one(NoticeBar)).startswith("ℹ cannot open run file")
         waiting = app.overview.query_one("#waiting", Static)
         assert app.overview.has_class("-empty") and str(waiting.render()).endswith("ended with no metrics")
+
+
+def test_a_constant_sparkline_is_flat_despite_rounding() -> None:
+    import numpy as np
+
+    from tuimon.widgets.metric_row import sparkline
+
+    values = np.full(1000, 0.05) + np.arange(1000) * 1e-19  # column means differ only in the last bits
+    assert set(sparkline(values, 30)) == {"▁"}
+    assert sparkline(np.array([1.0, 2.0, float("nan"), 3.0]), 4) == "▁▅×█"  # min..max over 8 levels

@@ -54,6 +54,8 @@ def sparkline(values: np.ndarray, width: int) -> str:
         return "×" * len(values)
     lo, hi = float(values[finite].min()), float(values[finite].max())
     span = hi - lo
+    if span <= 1e-9 * max(abs(hi), abs(lo)):
+        span = 0.0  # a constant whose column means differ only by rounding is flat, not a dip
     out = []
     for v, ok in zip(values.tolist(), finite.tolist(), strict=True):
         if not ok:
