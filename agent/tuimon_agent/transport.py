@@ -308,7 +308,9 @@ class AgentThread(threading.Thread):
             except zmq.Again:
                 pass
         if self._writer is not None:
-            self._writer.add(rec, body)
+            self._writer.add(
+                rec, body, data.get("values") if kind in (protocol.METRICS, protocol.EVAL) else None
+            )
 
     def _commit(self) -> None:
         if self._writer is None:

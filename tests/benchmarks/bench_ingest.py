@@ -147,6 +147,78 @@ def print_table(title: str, rows: list[Row], header: Row) -> None:
         print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}")
 
 
+_STREAMER = """
+import sys, time, tuimon_agent
+n = int(sys.argv[1])
+mon = tuimon_agent.watch(run="bench-stream", dir=sys.argv[2], queue_size=10**7)
+print(mon.run_id, flush=True)
+sys.stdin.readline()  # the viewer is connected: go
+t0 = time.perf_counter()
+for i in range(n):
+    mon.log(loss=1.0 / (i + 1), acc=0.5, lr=1e-3, gnorm=float(i % 7))
+mon.close()
+print(f"{n / (time.perf_counter() - t0):.0f} {mon.dropped}", flush=True)
+"""
+
+
+def bench_live(n: int = 200_000) -> list[Row]:
+    """The whole wire: a real agent in another process logs ``n`` records as fast as it can; a real LiveSource
+    (ZeroMQ SUB + history) feeds a RunState here. Reports records/s end to end and what was lost (gaps, drops)."""
+    import asyncio
+    import subprocess
+    import sys
+    import tempfile
+
+    from tuimon.source import LiveSource, SourceUpdate
+    from tuimon_agent import discovery
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _STREAMER, str(n), tmp],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        run_id = proc.stdout.readline().strip()
+        info = next(i for i in discovery.live_runs() if i.run_id == run_id)
+        state = RunState()
+        times: list[float] = []
+
+        def emit(update: SourceUpdate) -> None:
+            state.note_malformed(update.malformed)
+            state.apply_many(update.records)
+            if update.status == "live" and not times:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                times.append(time.perf_counter())
+
+        async def follow() -> None:
+            task = asyncio.ensure_future(LiveSource(info, follow_restarts=False).run(emit))
+            while not state.ended and not task.done():
+                await asyncio.sleep(0.01)
+            times.append(time.perf_counter())
+            task.cancel()
+
+        asyncio.run(follow())
+        agent_rate, dropped = proc.stdout.readline().split()
+        proc.wait()
+    got = state.train["loss"].count
+    return [
+        (
+            f"agent: log() → records/s on its thread ({n:,} records)",
+            f"{float(agent_rate):,.0f}",
+            f"dropped {dropped}",
+        ),
+        (
+            "agent → ZeroMQ → LiveSource → RunState",
+            f"{got / (times[-1] - times[0]):,.0f}",
+            f"{got:,} of {n:,} records",
+        ),
+        ("lost on the wire", f"{state.gaps}", f"gaps {state.gaps}, malformed {state.malformed}"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every measurement and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -161,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         ("case", "records/s", "vs unpackb"),
     )
     print_table("view-state memory", bench_memory(args.memory_records), ("case", "value", "note"))
+    print_table("live stream end to end (two processes)", bench_live(), ("case", "records/s", "note"))
 
 
 if __name__ == "__main__":
