@@ -34,7 +34,10 @@ def _record_run(tmp_path: Path, name: str = "cli-run", steps: int = 30) -> Path:
     return mon.run_file
 
 
-def test_list_shows_live_and_ended_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_shows_live_and_ended_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # `tuimon list` also looks in ./tuimon-runs
     done = _record_run(tmp_path, "finished")
     with tuimon_agent.watch(run="running", dir=tmp_path) as live:
         assert cli.main(["list", "--json"]) == 0
