@@ -53,8 +53,8 @@ class Monitor:
             ``None``.
         run: The run's name (default: the script's name).
         dir: Where run directories go (default ``$TUIMON_DIR`` or ``./tuimon-runs``).
-        endpoint: ``"ipc"`` (default: sockets in the private runtime directory), ``"tcp"`` (127.0.0.1, free
-            ports) or ``"tcp://127.0.0.1:PORT"`` (PUB on PORT, ROUTER on PORT+1).
+        endpoint: ``"ipc"`` (default: sockets in the private runtime directory), ``"tcp"`` (127.0.0.1, a free
+            port P for PUB and P+1 for ROUTER) or ``"tcp://127.0.0.1:PORT"`` (PUB on PORT, ROUTER on PORT+1).
         queue_size: Items the queue holds before it drops the oldest.
         commit_interval: Seconds between run-file commits (what SIGKILL can lose at most).
         persist: Write the run file.

@@ -145,10 +145,7 @@ class AgentThread(threading.Thread):
             self._pub.bind(pub)
             self._router.bind(router)
         elif ep == "tcp":
-            port = self._pub.bind_to_random_port("tcp://127.0.0.1")
-            pub = f"tcp://127.0.0.1:{port}"
-            port = self._router.bind_to_random_port("tcp://127.0.0.1")
-            router = f"tcp://127.0.0.1:{port}"
+            pub, router = self._bind_port_pair("127.0.0.1")
         elif ep.startswith("tcp://"):
             host, _, port_s = ep[len("tcp://") :].rpartition(":")
             try:
@@ -172,6 +169,19 @@ class AgentThread(threading.Thread):
             run_file=str(cfg.run_file) if cfg.run_file else None,
         )
         discovery.write_connection_file(self._conn, rdir)
+
+    def _bind_port_pair(self, host: str) -> tuple[str, str]:
+        """Bind PUB to a free port P and ROUTER to P+1 (so ``tcp://HOST:P`` alone names the run)."""
+        assert self._pub is not None and self._router is not None
+        for _ in range(50):
+            port = self._pub.bind_to_random_port(f"tcp://{host}", min_port=20000, max_port=60000)
+            try:
+                self._router.bind(f"tcp://{host}:{port + 1}")
+            except zmq.ZMQError:
+                self._pub.unbind(f"tcp://{host}:{port}")
+                continue
+            return f"tcp://{host}:{port}", f"tcp://{host}:{port + 1}"
+        raise zmq.ZMQError(msg=f"no two adjacent free ports on {host}")
 
     def _close_sockets(self) -> None:
         for s in (self._pub, self._router):
