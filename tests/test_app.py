@@ -79,7 +79,7 @@ async def test_overview_shows_the_recorded_run(recorded_run: Path, size: tuple[i
         assert "val_loss" in str(chart.border_subtitle)
         assert chart.renders >= 1
         assert chart.region.width > 0 and chart.region.height >= 8
-        assert plain(screen.query_one(NoticeBar)) == "no events"
+        assert plain(screen.query_one(NoticeBar)) == "no events · run file /fixture/run.sqlite"
         if size[0] >= 120:  # wide: rows beside the chart; narrow: rows above it
             assert screen.query_one(MetricList).region.right <= chart.region.x
         else:

@@ -82,7 +82,12 @@ class OverviewScreen(Screen[None]):
         """
         self._state = state
         self.query_one(RunHeader).update(state, status=status, label=label)
-        self.query_one(NoticeBar).update(notice, state.events[-1] if state.events else None)
+        run_file = state.hello.get("run_file")
+        self.query_one(NoticeBar).update(
+            notice,
+            state.events[-1] if state.events else None,
+            run_file=run_file if isinstance(run_file, str) else None,
+        )
         metrics = self.query_one(MetricList)
         metrics.update(state)
         self.query_one(RunInfo).update(state)

@@ -51,22 +51,27 @@ class NoticeBar(CachedComponentStyles, Widget):
         super().__init__(name=name, id=id, classes=classes)
         self._message: str | None = None
         self._event: str | None = None
+        self._idle = "no events"
 
     @property
     def text(self) -> str:
         """What the bar says, as plain text."""
         return self._compose_text().plain
 
-    def update(self, message: str | None, event: dict[str, Any] | None) -> None:
+    def update(
+        self, message: str | None, event: dict[str, Any] | None, *, run_file: str | None = None
+    ) -> None:
         """Show a note and an event.
 
         Args:
             message: The source's latest note, if any.
             event: The latest ``event`` payload (``what``, ``message``, ``step``), if any.
+            run_file: Where the run is recorded; said while there is nothing else to say.
         """
         described = describe_event(event) if event is not None else None
-        if (message, described) != (self._message, self._event):
-            self._message, self._event = message, described
+        idle = f"no events · run file {run_file}" if run_file else "no events"
+        if (message, described, idle) != (self._message, self._event, self._idle):
+            self._message, self._event, self._idle = message, described, idle
             self.refresh()
 
     def _compose_text(self) -> Text:
@@ -78,7 +83,7 @@ class NoticeBar(CachedComponentStyles, Widget):
                 parts.append(("  │  ", self.component_style("notice-bar--empty")))
             parts.append((f"⚑ {self._event}", self.component_style("notice-bar--event")))
         if not parts:
-            parts.append(("no events", self.component_style("notice-bar--empty")))
+            parts.append((self._idle, self.component_style("notice-bar--empty")))
         return Text.assemble(*parts, no_wrap=True, end="")
 
     def render(self) -> RenderResult:
