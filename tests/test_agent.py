@@ -261,3 +261,19 @@ def test_importing_the_agent_pulls_in_no_ui_and_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_odd_steps_are_converted_or_kept_without_a_step(tmp_path: Path) -> None:
+    import numpy as np
+
+    with tuimon_agent.watch(dir=tmp_path, publish=False) as mon:
+        mon.log(step=np.int64(5), loss=1.0)
+        mon.log(step=torch.tensor(7), loss=1.0)
+        mon.log(step=9.0, loss=1.0)
+        mon.log(step="ten", loss=1.0)
+        mon.log(step=2**70, loss=1.0)
+        mon.log(step=1.5, loss=1.0)
+    recs = _records(mon)
+    assert [r.step for r in recs if r.kind == protocol.METRICS] == [5, 7, 9, None, None, None]
+    assert [r.data["what"] for r in recs if r.kind == protocol.EVENT] == ["bad_step"]
+    assert recs[-1].kind == protocol.END and mon.enabled is False  # closed normally, not disabled by an error

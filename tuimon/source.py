@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,6 +242,10 @@ class LiveSource(Source):
                 if time.monotonic() - last_msg > STALE_AFTER:
                     if not info.alive():
                         return False
+                    if info.path and not os.path.exists(info.path):
+                        # The agent closed (it removes its connection file) and its end record was lost.
+                        emit(SourceUpdate(status="ended", message="the run closed"))
+                        return True
                     if status != "stale":
                         status = "stale"
                         emit(SourceUpdate(status="stale"))

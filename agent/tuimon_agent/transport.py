@@ -9,6 +9,7 @@ once a second. Nothing here ever runs on the training thread.
 from __future__ import annotations
 
 import collections
+import operator
 import sys
 import threading
 import time
@@ -32,6 +33,9 @@ RING_SIZE = 20_000
 LINGER_MS = 500
 """How long closing sockets may wait for unsent messages: a process never hangs at exit."""
 MAX_REQUEST_BYTES = 1 << 20
+
+_STEP_LIMIT = 1 << 62
+"""Steps are int64 on the wire and in SQLite; a step beyond this is a corrupt counter."""
 
 # Queue tags, shared with monitor.py.
 _LOG, _EVAL, _OPT, _END = 0, 1, 2, 3
@@ -257,7 +261,12 @@ class AgentThread(threading.Thread):
             return
         tensors = [v for item in items for v in _payload_values(item) if _is_tensor(v)]
         converted = _read_tensors(tensors) if tensors else {}
-        for tag, step, ts, payload in items:
+        for tag, raw_step, ts, payload in items:
+            step = (
+                raw_step
+                if type(raw_step) is int and -_STEP_LIMIT < raw_step < _STEP_LIMIT
+                else self._step(raw_step)
+            )
             if tag == _LOG:
                 values = self._numbers(payload, converted)
                 pend = self._pending_opt
@@ -276,10 +285,34 @@ class AgentThread(threading.Thread):
                 self._flush_opt()
                 dropped, steps = self._counters()
                 self._emit(
-                    protocol.END, step, ts, {"reason": payload["reason"], "dropped": dropped, "steps": steps}
+                    protocol.END,
+                    step,
+                    ts,
+                    {"reason": payload["reason"], "dropped": dropped, "steps": self._step(steps) or 0},
                 )
                 self._ended = True
                 self._commit()
+
+    def _step(self, step: Any) -> int | None:
+        """A user's ``step=`` as an int: numpy and tensor integers and integral floats are taken; anything else is
+        recorded without a step (the viewer then uses the latest one), with one ``bad_step`` event."""
+        if step is None:
+            return None
+        try:
+            value = operator.index(step)
+        except TypeError:
+            try:
+                f = float(step)
+                value = int(f) if f.is_integer() else None
+            except (TypeError, ValueError, OverflowError, RuntimeError):
+                value = None
+        if value is not None and -_STEP_LIMIT < value < _STEP_LIMIT:
+            return int(value)
+        if "step=" not in self._bad_values:
+            self._bad_values.add("step=")
+            msg = f"step={step!r} is not an integer; records with it are kept without a step"
+            self._emit(protocol.EVENT, None, time.time(), {"what": "bad_step", "message": msg[:300]})
+        return None
 
     def _flush_opt(self) -> None:
         pend = self._pending_opt
