@@ -145,7 +145,9 @@ def main() -> None:
         print(f"app / baseline: {ratio:.1f}x; app {app.percent:.1f}% of a core vs target < 15%: {verdict}")
     else:
         kept_up = "kept up" if app.records >= 0.98 * base.records else "fell behind"
-        print(f"app / baseline: {ratio:.1f}x; the app {kept_up} ({app.records:,} of {base.records:,} records)")
+        print(
+            f"app / baseline: {ratio:.1f}x; the app {kept_up} ({app.records:,} of {base.records:,} records)"
+        )
 
 
 if __name__ == "__main__":
