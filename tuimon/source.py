@@ -260,10 +260,11 @@ class LiveSource(Source):
                     if not await sub.poll(max(1, int((deadline - time.monotonic()) * 1000))):
                         break
                     continue
-                try:
-                    records.append(protocol.decode(frames[-1]))
-                except protocol.ProtocolError:
-                    bad += 1
+                for body in frames[1:] if len(frames) > 1 else frames:
+                    try:
+                        records.append(protocol.decode(body))
+                    except protocol.ProtocolError:
+                        bad += 1
             last_msg = time.monotonic()
             ended = any(r.kind == protocol.END for r in records)
             new_status = "ended" if ended else "live"

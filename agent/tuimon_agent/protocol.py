@@ -17,11 +17,11 @@ Numeric arrays travel as raw bytes: msgpack extension type ``1`` whose payload i
 
 Frames
 ------
-PUB (agent → viewers), two frames per message::
+PUB (agent → viewers), a topic frame and one or more bodies of that kind (the agent batches what it has)::
 
-    [topic: kind as ASCII bytes] [body: encode(record)]
+    [topic: kind as ASCII bytes] [body: encode(record)] [body] ...
 
-Subscribers may filter on the topic prefix. Besides records, the PUB socket carries ``heartbeat`` messages once a
+Subscribers may filter on the topic prefix and decode every frame after the first. Besides records, the PUB socket carries ``heartbeat`` messages once a
 second; they are not part of the sequence (``q`` is the last record ``seq`` sent, so a receiver can see a trailing
 gap) and are never written to the run file.
 

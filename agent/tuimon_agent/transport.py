@@ -33,12 +33,15 @@ RING_SIZE = 20_000
 LINGER_MS = 500
 """How long closing sockets may wait for unsent messages: a process never hangs at exit."""
 MAX_REQUEST_BYTES = 1 << 20
+PUB_BATCH = 1000
+"""Records per PUB message at most."""
 
 _STEP_LIMIT = 1 << 62
 """Steps are int64 on the wire and in SQLite; a step beyond this is a corrupt counter."""
 
 # Queue tags, shared with monitor.py.
 _LOG, _EVAL, _OPT, _END = 0, 1, 2, 3
+_PLAIN = frozenset({float, int})
 
 
 @dataclass
@@ -94,6 +97,7 @@ class AgentThread(threading.Thread):
         self._pending_opt: tuple[int, float, dict[str, float]] | None = None
         self._bad_values: set[str] = set()
         self._ended = False
+        self._outbox: list[tuple[str, bytes]] = []
         self.published = 0
         self.ready = threading.Event()
 
@@ -210,6 +214,10 @@ class AgentThread(threading.Thread):
             except PersistenceError:
                 pass
             self._writer = None
+        try:
+            self._publish()
+        except zmq.ZMQError:
+            pass
         if self._conn is not None:
             discovery.remove_run_files(self._conn)
             discovery.remember_recent(self._conn)
@@ -242,7 +250,9 @@ class AgentThread(threading.Thread):
                 last_beat = now
             if stopping or self._ended:
                 self._flush_opt()
+                self._publish()
                 return
+            self._publish()
             if self._router is not None:
                 poller.poll(TICK * 1000)
             else:
@@ -259,7 +269,13 @@ class AgentThread(threading.Thread):
             pass
         if not items:
             return
-        tensors = [v for item in items for v in _payload_values(item) if _is_tensor(v)]
+        tensors = [
+            v
+            for item in items
+            if item[0] <= _EVAL  # _LOG or _EVAL: user values
+            for v in item[3].values()
+            if type(v) not in _PLAIN and _is_tensor(v)
+        ]
         converted = _read_tensors(tensors) if tensors else {}
         for tag, raw_step, ts, payload in items:
             step = (
@@ -345,15 +361,30 @@ class AgentThread(threading.Thread):
         body = protocol.encode(rec)
         self._ring.append((rec.seq, body))
         if self._pub is not None:
-            try:
-                self._pub.send_multipart([protocol.topic(kind), body], flags=zmq.NOBLOCK, copy=False)
-                self.published += 1
-            except zmq.Again:
-                pass
+            self._outbox.append((kind, body))
         if self._writer is not None:
             self._writer.add(
                 rec, body, data.get("values") if kind in (protocol.METRICS, protocol.EVAL) else None
             )
+
+    def _publish(self) -> None:
+        """Send what :meth:`_emit` queued: one PUB message per run of records of one kind (``[topic, body, ...]``),
+        so the per-message cost of ZeroMQ is paid per drain rather than per record."""
+        out, self._outbox = self._outbox, []
+        if self._pub is None or not out:
+            return
+        i = 0
+        while i < len(out):
+            kind = out[i][0]
+            j = i + 1
+            while j < len(out) and out[j][0] == kind and j - i < PUB_BATCH:
+                j += 1
+            try:
+                self._pub.send_multipart([protocol.topic(kind), *(b for _, b in out[i:j])], flags=zmq.NOBLOCK)
+                self.published += j - i
+            except zmq.Again:
+                pass  # a slow subscriber: PUB drops, the viewer counts the gap
+            i = j
 
     def _commit(self) -> None:
         if self._writer is None:
@@ -368,6 +399,7 @@ class AgentThread(threading.Thread):
     def _heartbeat(self) -> None:
         if self._pub is None:
             return
+        self._publish()  # the heartbeat's seq must not run ahead of the records sent
         dropped, step = self._counters()
         rec = protocol.Record(
             protocol.HEARTBEAT, self._seq, step, time.time(), {"dropped": dropped, "queued": len(self._queue)}
@@ -430,10 +462,6 @@ class AgentThread(threading.Thread):
             self._router.send_multipart([ident, body], flags=zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             pass
-
-
-def _payload_values(item: tuple[Any, ...]) -> list[Any]:
-    return list(item[3].values()) if item[0] in (_LOG, _EVAL) else []
 
 
 def _is_tensor(v: Any) -> bool:

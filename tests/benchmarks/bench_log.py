@@ -5,7 +5,7 @@
 Each configuration runs the same real training step (a small MLP's forward, backward and SGD step on the CPU) and
 then records 4 or 32 scalars, timing only the recording call with ``perf_counter_ns``:
 
-- ``empty``: a call to a function that does nothing (the timer's own overhead),
+- ``empty``: nothing between the two clock reads (the timer's own overhead),
 - ``dict``: building the keyword dict the scalars travel in,
 - ``tuimon``: ``mon.log(**values)`` on a live monitor (PUB socket and run file on),
 - ``tensorboard``: ``SummaryWriter.add_scalar`` once per scalar.
@@ -44,9 +44,8 @@ def _step_fn() -> Callable[[], None]:
     return step
 
 
-def _measure(
-    record: Callable[[int, dict[str, float]], Any], names: list[str], steps: int
-) -> dict[str, float]:
+def _measure(kind: str, names: list[str], steps: int, target: Any = None) -> dict[str, float]:
+    """Time one recorder ``steps`` times, each after a real training step; the call is timed inline (no wrapper)."""
     step = _step_fn()
     costs = []
     perf = time.perf_counter_ns
@@ -54,9 +53,23 @@ def _measure(
     for i in range(steps):
         step()
         values = {n: 0.5 + i * 1e-3 for n in names}
-        t0 = perf()
-        record(i, values)
-        costs.append(perf() - t0)
+        if kind == "empty":
+            t0 = perf()
+            t1 = perf()
+        elif kind == "dict":
+            t0 = perf()
+            dict(**values)
+            t1 = perf()
+        elif kind == "tuimon":
+            t0 = perf()
+            target.log(**values)
+            t1 = perf()
+        else:
+            t0 = perf()
+            for k, v in values.items():
+                target.add_scalar(k, v, i)
+            t1 = perf()
+        costs.append(t1 - t0)
     loop = time.perf_counter() - t_start
     costs.sort()
     return {
@@ -74,30 +87,15 @@ def run(steps: int) -> list[tuple[str, int, dict[str, float]]]:
     with tempfile.TemporaryDirectory() as tmp:
         for n in (4, 32):
             names = [f"metric_{k}" for k in range(n)]
-
-            def empty(i: int, values: dict[str, float]) -> None:
-                pass
-
-            rows.append(("empty", n, _measure(empty, names, steps)))
-
-            def build_dict(i: int, values: dict[str, float]) -> None:
-                dict(**values)
-
-            rows.append(("dict", n, _measure(build_dict, names, steps)))
-
+            rows.append(("empty", n, _measure("empty", names, steps)))
+            rows.append(("dict", n, _measure("dict", names, steps)))
             mon = tuimon_agent.watch(run=f"bench-{n}", dir=tmp)
-            rows.append(("tuimon", n, _measure(lambda i, v, mon=mon: mon.log(**v), names, steps)))
+            rows.append(("tuimon", n, _measure("tuimon", names, steps, mon)))
             mon.close()
             if mon.dropped:
                 print(f"  (tuimon dropped {mon.dropped} items at {n} scalars)")
-
             writer = SummaryWriter(log_dir=f"{tmp}/tb-{n}")
-
-            def tensorboard(i: int, values: dict[str, float], writer: SummaryWriter = writer) -> None:
-                for k, v in values.items():
-                    writer.add_scalar(k, v, i)
-
-            rows.append(("tensorboard", n, _measure(tensorboard, names, steps)))
+            rows.append(("tensorboard", n, _measure("tensorboard", names, steps, writer)))
             writer.close()
     return rows
 
@@ -126,6 +124,7 @@ def bench_agent_thread(n: int = 50_000) -> dict[str, float]:
                 )
             t0 = time.perf_counter()
             agent._drain()
+            agent._publish()
             t1 = time.perf_counter()
             agent._commit()
             t2 = time.perf_counter()
