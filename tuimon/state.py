@@ -98,6 +98,8 @@ class RunState:
         self.end_reason: str | None = None
         self.end_steps: int | None = None
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
+        self.checks: dict[str, dict[str, Any]] = {}
+        """Latest sanity-check result per check name (``check`` record payloads), in first-seen order."""
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         self.heartbeats = 0
@@ -165,6 +167,10 @@ class RunState:
             self._hello(rec)
         elif kind == protocol.END:
             self._end(rec)
+        elif kind == protocol.CHECK:
+            name = rec.data.get("name")
+            if isinstance(name, str):
+                self.checks[name] = {**rec.data, "step": rec.step}
         else:
             self.unknown += 1
         return True

@@ -24,6 +24,7 @@ _LOG = 0
 _EVAL = 1
 _OPT = 2
 _END = 3
+_CHECK = 4
 
 DEFAULT_QUEUE = 100_000
 
@@ -170,6 +171,19 @@ class Monitor:
         if len(q) >= self._maxlen:
             self._drop_oldest()
         q.append((_EVAL, self._step if step is None else step, _time(), values))
+
+    def log_check(self, result: Any) -> None:
+        """Record a sanity check's result (a ``tuimon_agent.checks.CheckResult``) for the viewer and the run file.
+
+        Args:
+            result: The result; its ``to_data()`` payload is what is sent.
+        """
+        if self._off:
+            return
+        try:
+            self._queue.append((_CHECK, self._step, _time(), result.to_data()))
+        except Exception as exc:
+            self._fail(exc)
 
     def close(self, *, reason: str = "closed", timeout: float = 5.0) -> None:
         """Flush everything to viewers and the run file, remove hooks, stop the agent thread. Safe to call twice.

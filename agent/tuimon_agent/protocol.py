@@ -64,9 +64,12 @@ EVAL = "eval"
 """Evaluation scalars for one step: ``d = {"values": {name: float}}``."""
 EVENT = "event"
 """Something that happened: ``d = {"what": str, "message": str, ...}`` (agent errors, persistence off, ...)."""
+CHECK = "check"
+"""A sanity check's result: ``d`` = ``CheckResult.to_data()`` (name, verdict, summary, explanation, numbers, table,
+seconds); see ``tuimon_agent.checks``."""
 END = "end"
 """The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``."""
-RECORD_KINDS = frozenset({HELLO, METRICS, EVAL, EVENT, END})
+RECORD_KINDS = frozenset({HELLO, METRICS, EVAL, EVENT, CHECK, END})
 
 # Ephemeral messages (not sequenced, not persisted).
 HEARTBEAT = "heartbeat"

@@ -40,7 +40,7 @@ _STEP_LIMIT = 1 << 62
 """Steps are int64 on the wire and in SQLite; a step beyond this is a corrupt counter."""
 
 # Queue tags, shared with monitor.py.
-_LOG, _EVAL, _OPT, _END = 0, 1, 2, 3
+_LOG, _EVAL, _OPT, _END, _CHECK = 0, 1, 2, 3, 4
 _PLAIN = frozenset({float, int})
 
 
@@ -297,6 +297,8 @@ class AgentThread(threading.Thread):
             elif tag == _OPT:
                 self._flush_opt()
                 self._pending_opt = (step, ts, _opt_values(payload))
+            elif tag == _CHECK:
+                self._emit(protocol.CHECK, step, ts, payload)
             elif tag == _END:
                 self._flush_opt()
                 dropped, steps = self._counters()
