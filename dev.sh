@@ -31,6 +31,7 @@ case "$cmd" in
     python tests/benchmarks/bench_log.py
     python tests/benchmarks/bench_ingest.py
     python tests/benchmarks/bench_viewer.py
+    python tests/benchmarks/bench_checks.py
     ;;
   *) echo "usage: ./dev.sh demo|test|bench [options]" >&2; exit 2 ;;
 esac

@@ -41,7 +41,7 @@ class Bug:
     opt: str = "sgd"  # "sgd" (momentum 0.9) or "adam"
     lr: float = 0.05
     train_size: int | None = None  # keep only this many training samples
-    raw_pixels: bool = False  # skip normalisation and feed 0-256 "pixel" values
+    raw_pixels: bool = False  # skip normalisation and feed 0-255 "pixel" values
     temp_floor: float | None = None  # anneal the logit temperature 1 -> floor, reached at a third of the run
 
 
@@ -64,7 +64,7 @@ BUGS: dict[str, Bug] = {
     "dead-relu": Bug("conv2 bias starts at -0.9: most of its ReLU units output 0 for all inputs, and stay so",
                      conv2_bias=-0.9),
     "saturation": Bug("tanh at 20x init: ~80% of activations pinned at +-1", act="tanh", init_gain=20.0),
-    "unnormalized": Bug("raw 0-256 pixels, no normalisation: grad norm x100 at step 1 kills 99% of ReLUs",
+    "unnormalized": Bug("raw 0-255 pixels, no normalisation: grad norm x100 at step 1 kills 99% of ReLUs",
                         raw_pixels=True),
 }
 # fmt: on
@@ -119,7 +119,7 @@ def load_data(cfg: Bug, device: torch.device) -> tuple[torch.Tensor, ...]:
     if cfg.train_size is not None:
         xt, yt = xt[: cfg.train_size], yt[: cfg.train_size]
     if cfg.raw_pixels:
-        xt, xv = xt * 16, xv * 16
+        xt, xv = xt * (255 / 16), xv * (255 / 16)  # 8x8 digits hold 0..16: as 8-bit pixels, 0..255
     else:
         mean, std = xt.mean(), xt.std()
         xt, xv = (xt - mean) / std, (xv - mean) / std
@@ -219,6 +219,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     order = torch.empty(0, dtype=torch.long)
     t0 = time.perf_counter()
     with ctx as mon:
+        if mon is not None and not args.no_checks:
+            # The playbook's sanity checks, before the first step; the results appear in tuimon's Checks panel.
+            mon.sanity_check((xt[:BATCH], yt[:BATCH]), nn.CrossEntropyLoss(), num_classes=10, val=(xv, yv))
         for step in range(1, args.steps + 1):
             if len(order) < batch:
                 order = torch.randperm(len(yt), generator=gen)
@@ -275,6 +278,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def checks(bug: str = "none") -> dict[str, Any]:
+    """A factory for ``tuimon check demo/digits.py:checks``: the demo's model, one batch and its loss."""
+    model, _, (xt, yt, xv, yv) = build(bug, 0, "cpu")
+    return {
+        "model": model,
+        "batch": (xt[:BATCH], yt[:BATCH]),
+        "loss_fn": nn.CrossEntropyLoss(),
+        "val": (xv, yv),
+        "num_classes": 10,
+    }
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line (``argv=None`` reads ``sys.argv``)."""
     p = argparse.ArgumentParser(
@@ -293,6 +308,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=50, help="validate every K steps (default: 50)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-monitor", action="store_true", help="train without tuimon_agent (the bare baseline)")
+    p.add_argument("--no-checks", action="store_true", help="skip mon.sanity_check before training")
     args = p.parse_args(argv)
     if args.run is None:
         args.run = f"digits-{args.bug}"

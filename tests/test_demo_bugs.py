@@ -190,70 +190,37 @@ def test_no_monitor_needs_no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
         digits.train(_args("none", 5))
 
 
-class FakeMonitor:
-    """Records what the training loop hands to the agent API."""
-
-    def __init__(self, model: Any, optimizer: Any, **options: Any) -> None:
-        self.model, self.optimizer, self.options = model, optimizer, options
-        self.logs: list[dict[str, Any]] = []
-        self.evals: list[tuple[int, dict[str, Any]]] = []
-        self.entered = self.exited = False
-
-    @property
-    def step(self) -> int:
-        return len(self.logs)
-
-    def log(self, **values: Any) -> None:
-        self.logs.append(values)
-
-    def log_eval(self, **values: Any) -> None:
-        self.evals.append((self.step, values))
-
-    def __enter__(self) -> FakeMonitor:
-        self.entered = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.exited = True
-
-
-def test_the_loop_calls_the_agent_api_as_documented(monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[FakeMonitor] = []
-
-    def watch(model: Any, optimizer: Any, **options: Any) -> FakeMonitor:
-        made.append(FakeMonitor(model, optimizer, **options))
-        return made[-1]
-
-    monkeypatch.setitem(sys.modules, "tuimon_agent", types.SimpleNamespace(watch=watch))
-    digits.train(_args("none", 25, "--eval-every", "10", "--run", "r1", "--dir", "/somewhere"))
-    (mon,) = made
-    assert isinstance(mon.model, torch.nn.Module) and isinstance(mon.optimizer, torch.optim.Optimizer)
-    assert mon.options == {"run": "r1", "dir": "/somewhere"}
-    assert mon.entered and mon.exited
-    assert len(mon.logs) == 25
-    for values in mon.logs:
-        assert set(values) == {"loss", "acc"}
-        assert all(
-            isinstance(v, torch.Tensor) and v.numel() == 1 and not v.requires_grad for v in values.values()
-        )
-    assert [s for s, _ in mon.evals] == [10, 20, 25]  # every --eval-every steps, and once at the end
-    for _, values in mon.evals:
-        assert set(values) == {"val_loss", "val_acc"} and all(type(v) is float for v in values.values())
-
-
 def test_a_monitored_run_lands_in_the_run_file(tmp_path: Path) -> None:
-    agent = pytest.importorskip("tuimon_agent")
+    """The real agent, not a stand-in: what the loop hands to it is read back from the run file."""
     from tuimon_agent import protocol
+    from tuimon_agent.checks.suite import ALL_CHECKS
     from tuimon_agent.runfile import RunFileReader
 
-    assert agent is not None
-    digits.train(_args("none", 30, "--eval-every", "10", "--dir", str(tmp_path)))
+    digits.train(_args("none", 25, "--eval-every", "10", "--run", "r1", "--dir", str(tmp_path)))
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     with RunFileReader(run_dir) as reader:
         records = list(reader.records())
+        assert reader.meta["name"] == "r1"
+    hello = records[0].data
+    assert hello["model"]["type"] == "DigitsNet" and hello["optimizer"]["type"] == "SGD"
+    checks = [r for r in records if r.kind == protocol.CHECK]
+    assert [c.data["name"] for c in checks] == list(ALL_CHECKS)  # mon.sanity_check ran before the first step
+    assert all(c.step == 0 for c in checks)
     metrics = [r for r in records if r.kind == protocol.METRICS]
     evals = [r for r in records if r.kind == protocol.EVAL]
-    assert [r.step for r in metrics] == list(range(1, 31))
-    assert all({"loss", "acc"} <= set(r.data["values"]) for r in metrics)
-    assert [r.step for r in evals] == [10, 20, 30]
+    assert [r.step for r in metrics] == list(range(1, 26))
+    assert all({"loss", "acc", "opt/lr"} <= set(r.data["values"]) for r in metrics)
+    assert [r.step for r in evals] == [10, 20, 25]  # every --eval-every steps, and once at the end
+    assert all(set(r.data["values"]) == {"val_loss", "val_acc"} for r in evals)
     assert all(0.0 <= r.data["values"]["val_acc"] <= 1.0 for r in evals)
+    assert records[-1].kind == protocol.END and records[-1].data["reason"] == "closed"
+
+
+def test_no_checks_skips_the_sanity_check(tmp_path: Path) -> None:
+    from tuimon_agent import protocol
+    from tuimon_agent.runfile import RunFileReader
+
+    digits.train(_args("none", 5, "--no-checks", "--dir", str(tmp_path)))
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    with RunFileReader(run_dir) as reader:
+        assert not [r for r in reader.records() if r.kind == protocol.CHECK]

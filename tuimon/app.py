@@ -19,7 +19,7 @@ from textual.worker import Worker, WorkerState
 from tuimon_agent.discovery import ConnectionInfo
 
 from .messages import SourceUpdated
-from .screens import HelpScreen, OverviewScreen, PickRun
+from .screens import ChecksScreen, HelpScreen, OverviewScreen, PickRun
 from .source import Source, SourceUpdate
 from .state import RunState
 
@@ -43,6 +43,7 @@ class TuimonApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("c", "checks", "Checks"),
     ]
 
     def __init__(
@@ -151,6 +152,9 @@ class TuimonApp(App[None]):
             self.overview.clear()
         label = self.source.label if self.source is not None else "a run"
         self.overview.update(self.state, status=self.display_status, label=label, notice=self.notice)
+        for screen in self.screen_stack:  # the checks screen, also while the help covers it
+            if isinstance(screen, ChecksScreen):
+                screen.update(self.state)
 
     def action_help(self) -> None:
         """Show the help screen (or close it)."""
@@ -158,6 +162,13 @@ class TuimonApp(App[None]):
             self.screen.dismiss(None)
         else:
             self.push_screen(HelpScreen())
+
+    def action_checks(self) -> None:
+        """Show the sanity checks screen over the overview (or close it)."""
+        if isinstance(self.screen, ChecksScreen):
+            self.screen.dismiss(None)
+        elif self.screen is self.overview:
+            self.push_screen(ChecksScreen(self.state))
 
 
 def make_app(

@@ -294,6 +294,72 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_factory(spec: str) -> Any:
+    """``path/to/script.py:NAME`` or ``package.module:NAME`` → the object called NAME there.
+
+    Raises:
+        ValueError: The spec is malformed, the file or module cannot be loaded, or NAME is not there.
+    """
+    import importlib
+    import importlib.util
+
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name.isidentifier():
+        raise ValueError(f"invalid factory {spec!r}: expected SCRIPT.py:FACTORY or package.module:FACTORY")
+    try:
+        if target.endswith(".py") or os.sep in target:
+            path = Path(target)
+            if not path.is_file():
+                raise ValueError(f"no such script: {target}")
+            module_spec = importlib.util.spec_from_file_location(f"tuimon_check_{path.stem}", path)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_spec.name] = module  # dataclasses and pickling look a module up there
+            sys.path.insert(0, str(path.resolve().parent))
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"cannot load {target}: {type(exc).__name__}: {exc}") from None
+    if not hasattr(module, name):
+        raise ValueError(f"{target} has no {name!r}")
+    return getattr(module, name)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        factory = load_factory(args.factory)
+        made = factory()
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    except Exception as exc:
+        return _fail(f"{args.factory}() raised {type(exc).__name__}: {exc}", 2)
+    if isinstance(made, (tuple, list)) and len(made) == 3:
+        made = {"model": made[0], "batch": made[1], "loss_fn": made[2]}
+    if not isinstance(made, dict) or not {"model", "batch", "loss_fn"} <= made.keys():
+        return _fail(
+            f"{args.factory}() must return (model, (inputs, targets), loss_fn) or a dict with model, batch, loss_fn "
+            f"(and optionally batches, val, num_classes, optimizer_factory); got {type(made).__name__}",
+            2,
+        )
+    from tuimon_agent.checks.suite import report, run_checks
+
+    options = {k: made[k] for k in ("batches", "val", "num_classes", "optimizer_factory") if k in made}
+    if args.checks:
+        options["checks"] = [c.strip() for c in args.checks.split(",") if c.strip()]
+    try:
+        results = run_checks(made["model"], made["batch"], made["loss_fn"], **options)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    if args.json:
+        print(json.dumps([jsonable(r.to_data()) for r in results], indent=1))
+    else:
+        print(report(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``tuimon --help``)."""
     p = argparse.ArgumentParser(
@@ -325,6 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     s.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     s.set_defaults(func=cmd_export)
+    s = sub.add_parser(
+        "check",
+        help="run the sanity checks on a model factory and print a report (exit 1 if any check fails)",
+        description="FACTORY is SCRIPT.py:NAME or package.module:NAME; NAME() returns (model, (inputs, targets), "
+        "loss_fn) or a dict with model, batch, loss_fn and optionally batches, val, num_classes, optimizer_factory.",
+    )
+    s.add_argument("factory", metavar="SCRIPT_OR_MODULE:FACTORY")
+    s.add_argument("--checks", help="comma-separated subset, in order (default: all)")
+    s.add_argument("--json", action="store_true", help="print the results as JSON")
+    s.set_defaults(func=cmd_check)
     s = sub.add_parser("demo", help="train the demo CNN in a subprocess and watch it")
     s.add_argument("--bug", choices=DEMO_BUGS, default="none", help="inject one pathology (default none)")
     s.add_argument("--steps", type=int, default=3000)

@@ -90,6 +90,7 @@ class Monitor:
         self._hooks: list[Any] = []
         self._pid = os.getpid()
         self._thread: AgentThread | None = None
+        self._model = model
         self.run_id = discovery.new_run_id()
         self.name = run or _default_name()
         base = Path(dir if dir is not None else os.environ.get("TUIMON_DIR") or "tuimon-runs")
@@ -185,6 +186,33 @@ class Monitor:
         except Exception as exc:
             self._fail(exc)
 
+    def sanity_check(self, batch: Any, loss_fn: Any, *, model: Any = None, **options: Any) -> list[Any]:
+        """Run the debugging playbook's sanity checks on the watched model and one batch; call it before training.
+
+        The checks (data, shapes, initial loss, gradients against finite differences, overfit one batch, loss
+        decreases) leave the model, its gradients, buffers, mode and the RNG state as they were. Each result
+        goes to the viewer's Checks panel and the run file as soon as it is known. A few seconds on a small model.
+
+        Args:
+            batch: ``(inputs, targets)``.
+            loss_fn: ``loss_fn(outputs, targets) -> scalar tensor``.
+            model: The model to check (default: the one given to :func:`watch`).
+            **options: Keyword options of :func:`tuimon_agent.checks.suite.run_checks` (``batches=``, ``val=``,
+                ``num_classes=``, ``optimizer_factory=``, ``checks=``).
+
+        Returns:
+            The :class:`~tuimon_agent.checks.CheckResult` list, in the order run.
+
+        Raises:
+            ValueError: No model, a batch that is not ``(inputs, targets)``, or an unknown check name.
+        """
+        from .checks.suite import run_checks
+
+        target = model if model is not None else self._model
+        if target is None:
+            raise ValueError("sanity_check needs a model: pass it to watch(model, ...) or as model=")
+        return run_checks(target, batch, loss_fn, on_result=self.log_check, **options)
+
     def close(self, *, reason: str = "closed", timeout: float = 5.0) -> None:
         """Flush everything to viewers and the run file, remove hooks, stop the agent thread. Safe to call twice.
 
@@ -196,6 +224,7 @@ class Monitor:
             return
         self._closed = True
         self._off = True
+        self._model = None
         for h in self._hooks:
             try:
                 h.remove()

@@ -14,6 +14,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("↑ ↓  k j", "select the metric to chart (or click its row)"),
     ("s", "toggle EMA smoothing of the chart"),
     ("l", "toggle a log y axis (values ≤ 0 are hidden)"),
+    ("c", "show / close the sanity checks (↑ ↓ pick one)"),
     ("? escape", "show / close this help"),
     ("q", "quit"),
 )

@@ -7,7 +7,7 @@ from typing import ClassVar
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Container, Vertical
+from textual.containers import Container, Horizontal, Vertical
 from textual.events import Resize
 from textual.geometry import Size
 from textual.screen import Screen
@@ -16,6 +16,7 @@ from textual.widgets import Footer, Static
 from ..messages import MetricSelected
 from ..state import RunState
 from ..widgets import MetricChart, MetricList, NoticeBar, RunHeader, RunInfo
+from ..widgets.checks_table import count_verdicts, verdict_counts_markup
 
 MIN_WIDTH = 60
 MIN_HEIGHT = 15
@@ -41,10 +42,13 @@ class OverviewScreen(Screen[None]):
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self._state: RunState | None = None
+        self._check_counts: dict[str, int] = {}
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
-        yield NoticeBar(id="notice")
+        with Horizontal(id="notice-line"):
+            yield NoticeBar(id="notice")
+            yield Static("", id="checks-badge")  # sanity checks: shown only when the run has some
         with Container(id="body"):
             with Vertical(id="side"):
                 yield MetricList(id="metrics")
@@ -88,6 +92,7 @@ class OverviewScreen(Screen[None]):
             state.events[-1] if state.events else None,
             run_file=run_file if isinstance(run_file, str) else None,
         )
+        self._show_check_counts(state)
         metrics = self.query_one(MetricList)
         metrics.update(state)
         self.query_one(RunInfo).update(state)
@@ -102,6 +107,16 @@ class OverviewScreen(Screen[None]):
             }
             self.query_one("#waiting", Static).update(note.get(status, f"waiting for {who}…"))
         self._chart(metrics.selected)
+
+    def _show_check_counts(self, state: RunState) -> None:
+        """The notice line's right end: ``checks ✓5 ✗1 (c)``, when the run has sent sanity checks."""
+        counts = count_verdicts(state.checks.values())
+        if counts == self._check_counts:
+            return
+        self._check_counts = counts
+        self.set_class(bool(state.checks), "-checks")
+        badge = self.query_one("#checks-badge", Static)
+        badge.update(f"[$text-muted]checks[/] {verdict_counts_markup(counts)} [$text-muted](c)[/]")
 
     def clear(self) -> None:
         """Forget the metrics shown (a new run); the next :meth:`update` fills the screen again."""

@@ -1,5 +1,7 @@
 """The viewer's widgets, one per module."""
 
+from .check_details import CheckDetails
+from .checks_table import ChecksTable
 from .metric_chart import MetricChart
 from .metric_list import MetricList
 from .metric_row import MetricRow
@@ -7,4 +9,13 @@ from .notice_bar import NoticeBar
 from .run_header import RunHeader
 from .run_info import RunInfo
 
-__all__ = ["MetricChart", "MetricList", "MetricRow", "NoticeBar", "RunHeader", "RunInfo"]
+__all__ = [
+    "CheckDetails",
+    "ChecksTable",
+    "MetricChart",
+    "MetricList",
+    "MetricRow",
+    "NoticeBar",
+    "RunHeader",
+    "RunInfo",
+]
