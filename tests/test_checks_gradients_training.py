@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuimon_agent.checks.gradients import gradient_check
-from tuimon_agent.checks.training import PLAYBOOK, initial_loss, loss_decreases, overfit_one_batch
+from tuimon_agent.checks.loss import initial_loss
+from tuimon_agent.checks.training import PLAYBOOK, loss_decreases, overfit_one_batch
 
 CE = nn.CrossEntropyLoss()
 

@@ -10,9 +10,10 @@ command line. This subpackage imports torch; ``import tuimon_agent`` does not im
 from ._result import ERROR, FAIL, PASS, VERDICTS, WARN, CheckResult
 from .data import data_check
 from .gradients import gradient_check
+from .loss import initial_loss
 from .shapes import shape_trace
 from .suite import ALL_CHECKS, run_checks
-from .training import initial_loss, loss_decreases, overfit_one_batch
+from .training import loss_decreases, overfit_one_batch
 
 __all__ = [
     "ALL_CHECKS",

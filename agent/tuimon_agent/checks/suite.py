@@ -72,14 +72,12 @@ def run_checks(
     if unknown:
         raise ValueError(f"invalid checks={unknown!r}: choose from {', '.join(ALL_CHECKS)}")
     inputs, targets = batch
-    from . import data, gradients, shapes, training
+    from . import data, gradients, loss, shapes, training
 
     calls: dict[str, Callable[[], CheckResult]] = {
         "data_check": lambda: data.data_check(inputs, targets, val=val, num_classes=num_classes),
         "shape_trace": lambda: shapes.shape_trace(model, inputs, targets=targets, loss_fn=loss_fn),
-        "initial_loss": lambda: training.initial_loss(
-            model, inputs, targets, loss_fn, num_classes=num_classes
-        ),
+        "initial_loss": lambda: loss.initial_loss(model, inputs, targets, loss_fn, num_classes=num_classes),
         "gradient_check": lambda: gradients.gradient_check(
             model, _slice(inputs, GRADIENT_SAMPLES), _slice(targets, GRADIENT_SAMPLES), loss_fn
         ),
