@@ -163,3 +163,29 @@ async def test_the_demo_sanity_check_shows_in_the_checks_panel(tmp_path: Path) -
         assert verdicts["data_check"] == "fail"  # 0-255 pixels
         row = [str(c) for c in table.get_row_at(0)]
         assert row[0] == "✗ fail" and row[1] == "data_check" and "0 to 255" in row[2]
+
+
+def test_tuimon_check_takes_a_module_path(tmp_path: Path) -> None:
+    pkg = tmp_path / "mymodels"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "factories.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            def small():
+                torch.manual_seed(0)
+                model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+                x = torch.randn(48, 6)
+                return {"model": model, "batch": (x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()),
+                        "loss_fn": nn.CrossEntropyLoss(), "num_classes": 3}
+            """
+        )
+    )
+    out = _tuimon(
+        "check", "mymodels.factories:small", "--checks", "initial_loss,overfit_one_batch", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "] initial_loss:" in out.stdout and "] overfit_one_batch:" in out.stdout
