@@ -23,12 +23,8 @@ CE = nn.CrossEntropyLoss()
 
 
 @pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201
-    """Tensors this small run faster on one thread, and the float sums come out the same on any machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here runs on one torch thread (see conftest)."""
 
 
 def digits(n: int = 16, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

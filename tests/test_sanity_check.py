@@ -32,12 +32,8 @@ def _demo():  # noqa: ANN202
 
 
 @pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201
-    """The checks train small copies; one thread is faster on 2 shared cores and keeps timings comparable."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here runs on one torch thread (see conftest)."""
 
 
 def test_sanity_check_on_the_demo_cnn_records_every_check(tmp_path: Path) -> None:

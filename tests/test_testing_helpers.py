@@ -16,12 +16,8 @@ from tuimon_agent.testing import (
 
 
 @pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201
-    """Tensors this small run faster on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here runs on one torch thread (see conftest)."""
 
 
 def test_assert_gradients_match() -> None:
