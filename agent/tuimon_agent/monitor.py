@@ -25,8 +25,16 @@ _EVAL = 1
 _OPT = 2
 _END = 3
 _CHECK = 4
+_LAYERS = 5
+_STATS = 6
 
 DEFAULT_QUEUE = 100_000
+
+DEFAULT_STATS_EVERY = 10
+"""Optimizer steps between two per-parameter statistics passes (``watch(..., stats_every=N)``). One pass costs
+about as much memory traffic as one or two optimizer steps (three reads of the gradients, one copy and two reads of
+the weights): see ``tests/benchmarks/bench_instruments.py`` for measured figures; every 10th step keeps the average
+cost near or under 1 % of a training step."""
 
 _live: weakref.WeakSet[Monitor] = weakref.WeakSet()
 _hooks_installed = False
@@ -60,6 +68,9 @@ class Monitor:
         commit_interval: Seconds between run-file commits (what SIGKILL can lose at most).
         persist: Write the run file.
         publish: Open sockets and a connection file for live viewers.
+        stats_every: Optimizer steps between two per-parameter gradient and weight statistics passes
+            (``param_stats`` records; needs both ``model`` and ``optimizer``): ``1`` every step, ``0`` off.
+            A sampled step briefly holds one extra copy of the parameters that have a gradient.
     """
 
     def __init__(
@@ -74,11 +85,14 @@ class Monitor:
         commit_interval: float = 0.25,
         persist: bool = True,
         publish: bool = True,
+        stats_every: int = DEFAULT_STATS_EVERY,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"invalid queue_size={queue_size!r}: must be an int >= 1")
         if not commit_interval > 0:
             raise ValueError(f"invalid commit_interval={commit_interval!r}: must be a number > 0")
+        if isinstance(stats_every, bool) or not isinstance(stats_every, int) or stats_every < 0:
+            raise ValueError(f"invalid stats_every={stats_every!r}: must be an int >= 0 (0: off)")
         self._off = True  # nothing is accepted until the agent thread exists
         self._closed = False
         self._failed = False
@@ -91,6 +105,7 @@ class Monitor:
         self._pid = os.getpid()
         self._thread: AgentThread | None = None
         self._model = model
+        self._stats: Any = None
         self.run_id = discovery.new_run_id()
         self.name = run or _default_name()
         base = Path(dir if dir is not None else os.environ.get("TUIMON_DIR") or "tuimon-runs")
@@ -104,6 +119,17 @@ class Monitor:
             hello = _hello(self, model, optimizer)
             if optimizer is not None:
                 self._hooks.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+            if model is not None and optimizer is not None and stats_every > 0:
+                from .instruments import ParamStats  # imports torch: only when given torch objects
+
+                self._stats = ParamStats(
+                    model,
+                    optimizer,
+                    every=stats_every,
+                    enqueue=self._enqueue_stats,
+                    step_of=self._next_step,
+                    on_error=self._fail,
+                )
             cfg = RunConfig(
                 run_id=self.run_id,
                 name=self.name,
@@ -113,6 +139,8 @@ class Monitor:
                 commit_interval=commit_interval,
                 hello=hello,
             )
+            if self._stats is not None:
+                self._stats.install()
             self._thread = AgentThread(cfg, self._queue, self._counters, self._fail)
             self._thread.start()
             # Wait (once, at setup) until the run file and the connection file exist, so that a viewer started
@@ -225,6 +253,9 @@ class Monitor:
         self._closed = True
         self._off = True
         self._model = None
+        if self._stats is not None:
+            self._stats.remove()
+            self._stats = None
         for h in self._hooks:
             try:
                 h.remove()
@@ -281,12 +312,27 @@ class Monitor:
         except Exception as exc:
             self._fail(exc)
 
+    def _next_step(self) -> int:
+        """The step an ``optimizer.step()`` being taken now belongs to (the next ``log()`` takes it)."""
+        return self._step + 1
+
+    def _enqueue_stats(self, kind: str, step: int | None, payload: Any) -> None:
+        """Queue a ``layers`` table or a statistics buffer from the instruments (training thread, only appends)."""
+        if self._closed or self._failed:
+            return
+        q = self._queue
+        if len(q) >= self._maxlen:
+            self._drop_oldest()
+        q.append((_LAYERS if kind == "layers" else _STATS, step, _time(), payload))
+
     def _fail(self, exc: BaseException) -> None:
         """Disable the monitor after an internal error, with one warning; training goes on."""
         if self._failed:
             return
         self._failed = True
         self._off = True
+        if self._stats is not None:
+            self._stats._off = True
         _warn(f"monitoring disabled after an internal error ({type(exc).__name__}: {exc}); training goes on")
 
     def _forked(self) -> None:
@@ -294,6 +340,8 @@ class Monitor:
         self._off = True
         self._closed = True
         self._thread = None
+        if self._stats is not None:
+            self._stats._off = True
 
 
 def watch(model: Any = None, optimizer: Any = None, **options: Any) -> Monitor:
@@ -301,8 +349,9 @@ def watch(model: Any = None, optimizer: Any = None, **options: Any) -> Monitor:
 
     Args:
         model: The ``torch.nn.Module`` being trained (optional).
-        optimizer: Its ``torch.optim.Optimizer`` (optional); its learning rates are then recorded every step.
-        **options: Keyword options of :class:`Monitor` (``run=``, ``dir=``, ``endpoint=``, ...).
+        optimizer: Its ``torch.optim.Optimizer`` (optional); its learning rates are then recorded every step, and
+            with a model too, per-parameter gradient and weight statistics every ``stats_every`` steps.
+        **options: Keyword options of :class:`Monitor` (``run=``, ``dir=``, ``endpoint=``, ``stats_every=``, ...).
 
     Returns:
         A live :class:`Monitor` (also a context manager).

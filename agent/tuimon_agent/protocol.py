@@ -67,9 +67,23 @@ EVENT = "event"
 CHECK = "check"
 """A sanity check's result: ``d`` = ``CheckResult.to_data()`` (name, verdict, summary, explanation, numbers, table,
 seconds); see ``tuimon_agent.checks``."""
+LAYERS = "layers"
+"""The model's parameter tensors, in model order (names as the user wrote them: ``DataParallel``,
+``DistributedDataParallel`` and ``torch.compile`` wrappers removed); sent once at start (``step`` nil) and again
+(with the step) whenever the parameter set changes. ``d = {"params": [{"name": str, "shape": [int], "numel": int,
+"module": str, "module_type": str}, ...]}``; the index in this list is the column index of ``param_stats`` arrays."""
+PARAM_STATS = "param_stats"
+"""Per-parameter statistics of one sampled optimizer step (every ``stats_every`` steps), arrays of length P in the
+order of the latest ``layers`` record: ``d = {"grad_norm": float32[P]`` (L2), ``"grad_max": float32[P]`` (max
+abs), ``"grad_zero": float32[P]`` (fraction of exact zeros), ``"grad_nonfinite": uint8[P]`` (a NaN or Inf entry),
+``"has_grad": uint8[P]`` (0: ``grad`` was ``None``; its gradient stats and update ratio are NaN),
+``"weight_norm": float32[P]`` (L2 after the step), ``"update_ratio": float32[P]`` (‖w_after − w_before‖ /
+‖w_before‖ of this step), ``"global_grad_norm": float}`` (L2 over every gradient). The first non-finite gradient
+(or weight) seen is also reported once as an ``event`` with ``what = "nonfinite"``, ``step``, ``param`` and
+``of = "gradient" | "weight"``."""
 END = "end"
 """The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``."""
-RECORD_KINDS = frozenset({HELLO, METRICS, EVAL, EVENT, CHECK, END})
+RECORD_KINDS = frozenset({HELLO, METRICS, EVAL, EVENT, CHECK, LAYERS, PARAM_STATS, END})
 
 # Ephemeral messages (not sequenced, not persisted).
 HEARTBEAT = "heartbeat"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 from . import discovery, protocol
@@ -40,7 +41,7 @@ _STEP_LIMIT = 1 << 62
 """Steps are int64 on the wire and in SQLite; a step beyond this is a corrupt counter."""
 
 # Queue tags, shared with monitor.py.
-_LOG, _EVAL, _OPT, _END, _CHECK = 0, 1, 2, 3, 4
+_LOG, _EVAL, _OPT, _END, _CHECK, _LAYERS, _STATS = 0, 1, 2, 3, 4, 5, 6
 _PLAIN = frozenset({float, int})
 
 
@@ -96,6 +97,7 @@ class AgentThread(threading.Thread):
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RING_SIZE)
         self._pending_opt: tuple[int, float, dict[str, float]] | None = None
         self._bad_values: set[str] = set()
+        self._nonfinite_seen = False
         self._ended = False
         self._outbox: list[tuple[str, bytes]] = []
         self.published = 0
@@ -299,6 +301,10 @@ class AgentThread(threading.Thread):
                 self._pending_opt = (step, ts, _opt_values(payload))
             elif tag == _CHECK:
                 self._emit(protocol.CHECK, step, ts, payload)
+            elif tag == _LAYERS:
+                self._emit(protocol.LAYERS, step, ts, payload)
+            elif tag == _STATS:
+                self._param_stats(step, ts, payload)
             elif tag == _END:
                 self._flush_opt()
                 dropped, steps = self._counters()
@@ -310,6 +316,31 @@ class AgentThread(threading.Thread):
                 )
                 self._ended = True
                 self._commit()
+
+    def _param_stats(self, step: int | None, ts: float, payload: tuple[Any, ...]) -> None:
+        """A statistics buffer from the instruments → a ``param_stats`` record (waiting here, on this thread, for
+        its device-to-host copy), and the first non-finite gradient or weight → one ``nonfinite`` event."""
+        from .instruments import stats_payload  # torch is imported already: the training thread made the buffer
+
+        buf, event, names, numel = payload
+        data = stats_payload(buf, event, numel)
+        self._emit(protocol.PARAM_STATS, step, ts, data)
+        if self._nonfinite_seen:
+            return
+        bad_grad = data["grad_nonfinite"].nonzero()[0]
+        bad_weight = (~np.isfinite(data["weight_norm"])).nonzero()[0]
+        for of, bad in (("gradient", bad_grad), ("weight", bad_weight)):
+            if len(bad) and int(bad[0]) < len(names):
+                self._nonfinite_seen = True
+                name = names[int(bad[0])]
+                msg = f"first non-finite {of} at step {step} in {name}"
+                self._emit(
+                    protocol.EVENT,
+                    step,
+                    ts,
+                    {"what": "nonfinite", "message": msg, "step": step, "param": name, "of": of},
+                )
+                return
 
     def _step(self, step: Any) -> int | None:
         """A user's ``step=`` as an int: numpy and tensor integers and integral floats are taken; anything else is

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._common import _call, _check_module, _guard, _run, _tensors
 from ._result import FAIL, PASS, WARN, CheckResult
-from .gradients import _call, _check_module, _guard, _run, _tensors
 from .training import (
     _MODE,
     _MULTICLASS,

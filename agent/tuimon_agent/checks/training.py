@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._common import _call, _check_module, _copy, _device_of, _guard, _map, _run, _Stop, _tensors
 from ._result import ERROR, FAIL, PASS, WARN, CheckResult
-from .gradients import _call, _check_module, _copy, _device_of, _guard, _map, _run, _Stop, _tensors
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 

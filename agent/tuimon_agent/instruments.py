@@ -1,0 +1,273 @@
+"""Per-parameter gradient and weight statistics, measured at the optimizer step (issue 3, agent side).
+
+:class:`ParamStats` installs one optimizer step *pre* hook and one step *post* hook. On a sampled step (every
+``stats_every`` optimizer steps) the pre hook measures every gradient with three fused ``torch._foreach_norm``
+kernels (L2, L-inf, L0) and keeps a copy of the parameters that have a gradient; the post hook subtracts the new
+parameters from that copy in place and takes two more fused norms (the update and the weights after the step). The
+results are stacked into one ``[ROWS, P]`` float32 tensor on the device and copied to the host with one
+non-blocking copy into pinned memory, followed by a CUDA event. The training thread never waits for the copy: the
+queue item ``(tag, step, ts, (buffer, event, names))`` goes to the agent thread, which calls ``event.synchronize()``
+and turns the rows into a ``param_stats`` record (:func:`stats_payload`). On the CPU the stacked tensor is the
+buffer itself. Steps that are not sampled cost one integer comparison in each hook.
+
+Memory: on sampled steps only, one transient copy of the parameters that have a gradient (freed by the post hook),
+plus ``ROWS × P`` floats; nothing retained grows with the length of training.
+
+This module imports torch; :mod:`tuimon_agent.monitor` imports it only when it is given a model and an optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+# Rows of the stacked statistics tensor: those measured only for parameters with a gradient come first.
+_GRAD_L2, _GRAD_MAX, _GRAD_NONZERO, _UPDATE, _HAS_GRAD, _WEIGHT, _WEIGHT_BEFORE = range(7)
+_N_GRAD_ROWS = 5
+ROWS = 7
+
+
+def unwrap(model: Any) -> Any:
+    """The user's module inside ``DataParallel``/``DistributedDataParallel`` and ``torch.compile`` wrappers.
+
+    Args:
+        model: A ``torch.nn.Module``, possibly wrapped (any nesting).
+
+    Returns:
+        The innermost module, whose parameter names are the ones the user wrote.
+    """
+    for _ in range(16):  # wrappers nest a few levels at most; never loop forever on an odd module
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, torch.nn.Module):
+            model = inner
+            continue
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+            continue
+        break
+    return model
+
+
+def layer_table(model: Any) -> list[dict[str, Any]]:
+    """The ``layers`` record's ``params`` list, in model order.
+
+    Args:
+        model: The (unwrapped) module.
+
+    Returns:
+        ``[{"name", "shape", "numel", "module", "module_type"}, ...]``, one entry per parameter tensor.
+    """
+    types = {name: type(m).__name__ for name, m in model.named_modules()}
+    out = []
+    for name, p in model.named_parameters():
+        module = name.rpartition(".")[0]
+        out.append(
+            {
+                "name": name,
+                "shape": list(p.shape),
+                "numel": int(p.numel()),
+                "module": module,
+                "module_type": types.get(module, type(model).__name__),
+            }
+        )
+    return out
+
+
+class ParamStats:
+    """Measures every parameter tensor's gradient and weight at a sampling interval, on the optimizer's hooks.
+
+    Args:
+        model: The module whose parameters are measured (wrappers are unwrapped for the names).
+        optimizer: The optimizer whose ``step()`` is hooked.
+        every: Optimizer steps between two passes (``1``: every step). Steps ``every``, ``2 × every``, ...
+            (counted from the first ``optimizer.step()`` after :meth:`install`) are sampled.
+        enqueue: ``enqueue(kind, step, payload)`` with ``kind`` ``"layers"`` or ``"stats"``; called on the
+            training thread, it must only queue.
+        step_of: The step the record of the optimizer step being taken belongs to.
+        on_error: Called with any exception from a hook; the hooks then do nothing more.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any,
+        *,
+        every: int,
+        enqueue: Any,
+        step_of: Any,
+        on_error: Any,
+    ) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"invalid stats_every={every!r}: must be an int >= 1 (or 0 for off)")
+        self.model = unwrap(model)
+        self.optimizer = optimizer
+        self.every = every
+        self._enqueue = enqueue
+        self._step_of = step_of
+        self._on_error = on_error
+        self._calls = 0
+        self._off = False
+        self._ids: tuple[int, ...] = ()
+        self._names: tuple[str, ...] = ()
+        self._numel: np.ndarray = np.zeros(0)
+        self._pending: tuple[Any, ...] | None = None
+        self._multi_device = False
+        self._cols: tuple[tuple[int, ...], Any] | None = None
+        self._handles: list[Any] = []
+
+    def install(self) -> list[Any]:
+        """Emit the ``layers`` table and register the hooks.
+
+        Returns:
+            The hook handles (``handle.remove()`` undoes each).
+        """
+        self._refresh(list(self.model.parameters()), None)
+        self._handles = [
+            self.optimizer.register_step_pre_hook(self._pre),
+            self.optimizer.register_step_post_hook(self._post),
+        ]
+        return self._handles
+
+    def remove(self) -> None:
+        """Remove the hooks and drop the pending copy. Safe to call twice."""
+        self._off = True
+        self._pending = None
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # -- hooks (training thread) -------------------------------------------------------------------------------
+
+    def _refresh(self, params: list[Any], step: int | None) -> None:
+        """(Re)build the name table when the parameter set changed, and queue a ``layers`` record."""
+        ids = tuple(id(p) for p in params)
+        if ids == self._ids:
+            return
+        table = layer_table(self.model)
+        self._ids = ids
+        self._names = tuple(e["name"] for e in table)
+        self._numel = np.array([e["numel"] for e in table], dtype=np.float64)
+        self._multi_device = len({p.device for p in params}) > 1
+        self._cols = None
+        self._enqueue("layers", step, {"params": table})
+
+    def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Called before every ``optimizer.step()``: on a sampled step, measure the gradients, copy the weights."""
+        if self._off:
+            return
+        self._calls += 1
+        self._pending = None
+        if self._calls % self.every:
+            return
+        try:
+            self._measure_before()
+        except Exception as exc:
+            self._pending = None
+            self._off = True
+            self._on_error(exc)
+
+    def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Called after every ``optimizer.step()``: on a sampled step, measure the update and queue the result."""
+        if self._pending is None or self._off:
+            return
+        try:
+            self._measure_after()
+        except Exception as exc:
+            self._off = True
+            self._on_error(exc)
+        finally:
+            self._pending = None
+
+    @torch.no_grad()
+    def _measure_before(self) -> None:
+        params = list(self.model.parameters())
+        step = self._step_of()
+        self._refresh(params, step)
+        if not params:
+            return
+        idx = tuple(i for i, p in enumerate(params) if p.grad is not None)
+        grads = [params[i].grad for i in idx]
+        f32 = torch.float32
+        if grads:
+            norms = [torch._foreach_norm(grads, o, dtype=f32) for o in (2, math.inf, 0)]
+            before = [
+                params[i].detach().clone() for i in idx
+            ]  # the one transient copy, freed by the post hook
+        else:
+            norms, before = [], []
+        w_before = torch._foreach_norm(params, 2, dtype=f32)
+        self._pending = (step, params, idx, before, norms, w_before)
+
+    @torch.no_grad()
+    def _measure_after(self) -> None:
+        assert self._pending is not None
+        step, params, idx, before, norms, w_before = self._pending
+        device = params[0].device
+        stack = self._stack if self._multi_device else torch.stack
+        out = torch.full((ROWS, len(params)), math.nan, dtype=torch.float32, device=device)
+        if idx:
+            torch._foreach_sub_(before, [params[i] for i in idx])  # before - after, in place: no second copy
+            upd = torch._foreach_norm(before, 2, dtype=torch.float32)
+            del before
+            rows = stack([stack(r) for r in (*norms, upd)] + [torch.ones(len(idx), device=device)])
+            if len(idx) == len(params):
+                out[:_N_GRAD_ROWS] = rows
+            else:
+                if self._cols is None or self._cols[0] != idx:
+                    self._cols = (idx, torch.tensor(idx, device=device))
+                out[:_N_GRAD_ROWS].index_copy_(1, self._cols[1], rows)
+        out[_WEIGHT] = stack(torch._foreach_norm(params, 2, dtype=torch.float32))
+        out[_WEIGHT_BEFORE] = stack(w_before)
+        if device.type == "cuda":
+            buf = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            buf.copy_(out, non_blocking=True)
+            event: Any = torch.cuda.Event()
+            event.record()
+        else:
+            buf, event = out, None
+        self._enqueue("stats", step, (buf, event, self._names, self._numel))
+
+    def _stack(self, ts: list[Any]) -> Any:
+        """``torch.stack`` for results on several devices (model parallelism): gathered on the first one."""
+        device = ts[0].device
+        return torch.stack([t.to(device, non_blocking=True) for t in ts])
+
+
+def stats_payload(buf: Any, event: Any, numel: np.ndarray) -> dict[str, Any]:
+    """Turn a host buffer of :data:`ROWS` × P statistics into a ``param_stats`` payload (on the agent thread).
+
+    Args:
+        buf: The host tensor (pinned on CUDA).
+        event: The CUDA event recorded after the copy, or ``None``.
+        numel: Element count of each parameter tensor (float64).
+
+    Returns:
+        The ``param_stats`` record's ``d``.
+    """
+    if event is not None:
+        event.synchronize()
+    a = buf.numpy()
+    if a.shape[1] != len(numel):  # the table changed between measuring and reading: fit to what was measured
+        numel = np.resize(numel, a.shape[1])
+    g2, gmax, nonzero = a[_GRAD_L2], a[_GRAD_MAX], a[_GRAD_NONZERO]
+    has = a[_HAS_GRAD] == 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zero = np.where(has, (numel - nonzero.astype(np.float64)) / np.maximum(numel, 1), np.nan)
+        ratio = np.where(has, a[_UPDATE].astype(np.float64) / a[_WEIGHT_BEFORE], np.nan)
+        # NaN anywhere makes the L2 norm NaN; an Inf entry makes the max Inf (a finite gradient whose L2 norm
+        # overflows float32 is not flagged).
+        nonfinite = has & (np.isnan(g2) | ~np.isfinite(gmax))
+        total = float(np.sqrt(np.sum(np.square(g2[has].astype(np.float64))))) if has.any() else math.nan
+    return {
+        "grad_norm": np.ascontiguousarray(g2, dtype=np.float32),
+        "grad_max": np.ascontiguousarray(gmax, dtype=np.float32),
+        "grad_zero": zero.astype(np.float32),
+        "grad_nonfinite": nonfinite.astype(np.uint8),
+        "has_grad": has.astype(np.uint8),
+        "weight_norm": np.ascontiguousarray(a[_WEIGHT], dtype=np.float32),
+        "update_ratio": ratio.astype(np.float32),
+        "global_grad_norm": total,
+    }
