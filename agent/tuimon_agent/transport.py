@@ -320,7 +320,8 @@ class AgentThread(threading.Thread):
     def _param_stats(self, step: int | None, ts: float, payload: tuple[Any, ...]) -> None:
         """A statistics buffer from the instruments → a ``param_stats`` record (waiting here, on this thread, for
         its device-to-host copy), and the first non-finite gradient or weight → one ``nonfinite`` event."""
-        from .instruments import stats_payload  # torch is imported already: the training thread made the buffer
+        # torch is imported already: the training thread made the buffer.
+        from .instruments import stats_payload
 
         buf, event, names, numel = payload
         data = stats_payload(buf, event, numel)
