@@ -192,7 +192,10 @@ class ParamStats:
         grads = [params[i].grad for i in idx]
         f32 = torch.float32
         if grads:
-            norms = [torch._foreach_norm(grads, o, dtype=f32) for o in (2, math.inf, 0)]
+            if grads[0].device.type == "cpu":
+                norms = _cpu_grad_norms(grads)
+            else:
+                norms = [torch._foreach_norm(grads, o, dtype=f32) for o in (2, math.inf, 0)]
             before = [
                 params[i].detach().clone() for i in idx
             ]  # the one transient copy, freed by the post hook
@@ -234,6 +237,18 @@ class ParamStats:
         """``torch.stack`` for results on several devices (model parallelism): gathered on the first one."""
         device = ts[0].device
         return torch.stack([t.to(device, non_blocking=True) for t in ts])
+
+
+def _cpu_grad_norms(grads: list[Any]) -> list[list[Any]]:
+    """L2, max |g| and nonzero count on the CPU, where the fused L-inf and L0 norms are slow (14× and 2× the
+    L2 norm on one thread): ``aminmax`` (NaN propagates) and ``count_nonzero`` per tensor are the fast kernels."""
+    l2 = torch._foreach_norm(grads, 2, dtype=torch.float32)
+    linf, l0 = [], []
+    for g in grads:
+        lo, hi = torch.aminmax(g)
+        linf.append(torch.maximum(-lo, hi).float())
+        l0.append(torch.count_nonzero(g).float())
+    return [l2, linf, l0]
 
 
 def stats_payload(buf: Any, event: Any, numel: np.ndarray) -> dict[str, Any]:
