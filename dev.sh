@@ -32,6 +32,7 @@ case "$cmd" in
     python tests/benchmarks/bench_ingest.py
     python tests/benchmarks/bench_viewer.py
     python tests/benchmarks/bench_checks.py
+    python tests/benchmarks/bench_instruments.py
     ;;
   *) echo "usage: ./dev.sh demo|test|bench [options]" >&2; exit 2 ;;
 esac

@@ -314,3 +314,20 @@ def test_a_failing_hook_disables_monitoring_with_one_warning(
     mon.close()
     assert capsys.readouterr().err.count("instrument broke") == 1
     assert not _records(mon, protocol.PARAM_STATS)
+
+
+def test_the_hello_names_the_users_parameters_through_wrappers(tmp_path) -> None:  # noqa: ANN001
+    import torch
+
+    import tuimon_agent
+    from tuimon_agent.runfile import RunFileReader
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    wrapped = torch.nn.DataParallel(net)
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.1)
+    with tuimon_agent.watch(wrapped, opt, dir=tmp_path, publish=False) as mon:
+        pass
+    with RunFileReader(mon.run_file) as r:
+        hello = next(r.records()).data
+    assert [p["name"] for p in hello["model"]["params"]] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert hello["model"]["type"] == "Sequential"

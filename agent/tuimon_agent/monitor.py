@@ -398,6 +398,10 @@ def _hello(mon: Monitor, model: Any, optimizer: Any) -> dict[str, Any]:
         if torch is not None:
             hello["torch"] = torch.__version__
     if model is not None:
+        if "torch" in sys.modules:  # a torch model: describe the user's module, not a DDP/compile wrapper
+            from .instruments import unwrap
+
+            model = unwrap(model)
         params = []
         device = None
         for name, p in model.named_parameters():
