@@ -19,7 +19,7 @@ from textual.worker import Worker, WorkerState
 from tuimon_agent.discovery import ConnectionInfo
 
 from .messages import SourceUpdated
-from .screens import ChecksScreen, HelpScreen, OverviewScreen, PickRun
+from .screens import ChecksScreen, HelpScreen, LayersScreen, OverviewScreen, PickRun
 from .source import Source, SourceUpdate
 from .state import RunState
 
@@ -44,6 +44,7 @@ class TuimonApp(App[None]):
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("c", "checks", "Checks"),
+        Binding("g", "layers", "Layers"),
     ]
 
     def __init__(
@@ -152,8 +153,8 @@ class TuimonApp(App[None]):
             self.overview.clear()
         label = self.source.label if self.source is not None else "a run"
         self.overview.update(self.state, status=self.display_status, label=label, notice=self.notice)
-        for screen in self.screen_stack:  # the checks screen, also while the help covers it
-            if isinstance(screen, ChecksScreen):
+        for screen in self.screen_stack:  # the checks and layers screens, also while the help covers them
+            if isinstance(screen, (ChecksScreen, LayersScreen)):
                 screen.update(self.state)
 
     def action_help(self) -> None:
@@ -169,6 +170,13 @@ class TuimonApp(App[None]):
             self.screen.dismiss(None)
         elif self.screen is self.overview:
             self.push_screen(ChecksScreen(self.state))
+
+    def action_layers(self) -> None:
+        """Show the per-layer statistics screen over the overview (or close it)."""
+        if isinstance(self.screen, LayersScreen):
+            self.screen.dismiss(None)
+        elif self.screen is self.overview:
+            self.push_screen(LayersScreen(self.state))
 
 
 def make_app(

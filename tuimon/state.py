@@ -22,6 +22,7 @@ from typing import Any
 
 from tuimon_agent import protocol
 
+from .layers import LAYERS, PARAM_STATS, LayerState
 from .series import CHUNK, Series
 
 EVENTS_KEPT = 200
@@ -100,6 +101,10 @@ class RunState:
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
         self.checks: dict[str, dict[str, Any]] = {}
         """Latest sanity-check result per check name (``check`` record payloads), in first-seen order."""
+        # -- per-layer statistics (tuimon/layers.py) --
+        self.layers = LayerState()
+        """Per-parameter statistics (``layers`` and ``param_stats`` records)."""
+        # -- end per-layer statistics --
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         self.heartbeats = 0
@@ -171,6 +176,14 @@ class RunState:
             name = rec.data.get("name")
             if isinstance(name, str):
                 self.checks[name] = {**rec.data, "step": rec.step}
+        # -- per-layer statistics (tuimon/layers.py) --
+        elif kind == PARAM_STATS:
+            self._seen(rec.ts, rec.step)
+            self.layers.apply_stats(rec.step, rec.data)
+        elif kind == LAYERS:
+            self._seen(rec.ts, rec.step)
+            self.layers.apply_layers(rec.data)
+        # -- end per-layer statistics --
         else:
             self.unknown += 1
         return True

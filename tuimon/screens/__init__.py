@@ -2,7 +2,8 @@
 
 from .checks import ChecksScreen
 from .help import HelpScreen
+from .layers import LayersScreen
 from .overview import OverviewScreen
 from .pick_run import PickRun
 
-__all__ = ["ChecksScreen", "HelpScreen", "OverviewScreen", "PickRun"]
+__all__ = ["ChecksScreen", "HelpScreen", "LayersScreen", "OverviewScreen", "PickRun"]

@@ -15,6 +15,11 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("s", "toggle EMA smoothing of the chart"),
     ("l", "toggle a log y axis (values ≤ 0 are hidden)"),
     ("c", "show / close the sanity checks (↑ ↓ pick one)"),
+    ("g", "show / close the per-layer statistics heatmap and table"),
+    ("  1 2 3 4", "layers: grad norm, update ratio, weight norm, zero grads"),
+    ("  ← ↑ ↓ →", "layers: move the heatmap's cursor (its value below)"),
+    ("  + -  [ ]", "layers: zoom in / out, scroll older / newer"),
+    ("  o  /", "layers: sort the table, filter it by name"),
     ("? escape", "show / close this help"),
     ("q", "quit"),
 )

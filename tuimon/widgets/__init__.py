@@ -2,6 +2,8 @@
 
 from .check_details import CheckDetails
 from .checks_table import ChecksTable
+from .grad_heatmap import GradHeatmap
+from .layer_table import LayerTable
 from .metric_chart import MetricChart
 from .metric_list import MetricList
 from .metric_row import MetricRow
@@ -12,6 +14,8 @@ from .run_info import RunInfo
 __all__ = [
     "CheckDetails",
     "ChecksTable",
+    "GradHeatmap",
+    "LayerTable",
     "MetricChart",
     "MetricList",
     "MetricRow",

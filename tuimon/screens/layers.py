@@ -1,0 +1,160 @@
+"""The layers screen: a heatmap of one per-parameter statistic over the run, and every tensor at the latest sample."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Container, Vertical
+from textual.content import Content
+from textual.events import Key
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static
+
+from ..layers import LayerState
+from ..state import RunState
+from ..widgets import GradHeatmap, LayerTable
+from ..widgets.grad_heatmap import STATS
+
+EMPTY_NOTE = "no per-layer statistics in this run — watch(model, optimizer) records them every N steps"
+"""What the screen says when the run has sent no ``layers`` record."""
+STAT_KEYS: tuple[str, ...] = ("grad_norm", "update_ratio", "weight_norm", "grad_zero")
+"""The statistics keys ``1``–``4`` pick, in that order."""
+
+
+class LayersScreen(Screen[None]):
+    """Per-layer statistics: the heatmap on top (arrows move its cursor), the table below (or beside it when wide).
+
+    The app calls :meth:`update` from its repaint timer; it does nothing unless per-layer data changed. Without
+    per-layer statistics the screen shows :data:`EMPTY_NOTE` (the ``-empty`` class). Layout in ``app.tcss``.
+
+    Args:
+        state: The run state to show at once (the timer keeps it current after that).
+        name: The screen's name.
+        id: The screen's id.
+        classes: The screen's CSS classes.
+    """
+
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"), (150, "-wide")]
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back"),
+        Binding("1", "stat('grad_norm')", "Grad norm", show=False),
+        Binding("2", "stat('update_ratio')", "Update ratio", show=False),
+        Binding("3", "stat('weight_norm')", "Weight norm", show=False),
+        Binding("4", "stat('grad_zero')", "Zeros", show=False),
+        Binding("o", "sort", "Sort"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+    ]
+
+    def __init__(
+        self,
+        state: RunState | None = None,
+        *,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self._state = state
+        self.stat = "grad_norm"
+        """The statistic the heatmap shows (one of :data:`STAT_KEYS`)."""
+        self._title_key: tuple[object, ...] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="layers-title")
+        with Container(id="layers-body"):
+            yield GradHeatmap(id="heatmap")
+            with Vertical(id="layers-side"):
+                yield Input(
+                    placeholder="filter by name (enter keeps it, escape clears it)", id="layers-filter"
+                )
+                yield LayerTable(id="layer-table")
+        yield Static(Content(EMPTY_NOTE), id="layers-empty")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        heatmap = self.query_one(GradHeatmap)
+        heatmap.border_subtitle = "←↑↓→ cursor · [ ] scroll · + - zoom"
+        self.query_one(LayerTable).border_title = "latest sample"
+        self.query_one(LayerTable).border_subtitle = "o sort · / filter"
+        heatmap.focus()
+        self.update(self._state if self._state is not None else RunState())
+
+    @property
+    def layer_state(self) -> LayerState:
+        """The per-layer state shown."""
+        return (self._state or RunState()).layers
+
+    def update(self, state: RunState) -> None:
+        """Show the run's latest per-layer statistics; cheap when none arrived since the last call.
+
+        Args:
+            state: The run state (its ``layers``).
+        """
+        self._state = state
+        layers = state.layers
+        self.set_class(not layers.params, "-empty")
+        heatmap = self.query_one(GradHeatmap)
+        heatmap.update(layers, self.stat)
+        self.query_one(LayerTable).update(layers)
+        self._title(layers)
+
+    def _title(self, layers: LayerState) -> None:
+        key = (id(layers), layers.version, self.stat)
+        if key == self._title_key:
+            return
+        self._title_key = key
+        parts = []
+        for i, stat in enumerate(STAT_KEYS, 1):
+            label = f"{i} {STATS[stat][0]}"
+            parts.append(f"[reverse b]{label}[/]" if stat == self.stat else f"[$text-muted]{label}[/]")
+        step = f"step {layers.latest_step}" if layers.latest_step is not None else "no sample yet"
+        self.query_one("#layers-title", Static).update(
+            Content.from_markup(f"[b]layers[/b] · {step}   " + " ".join(parts))
+        )
+
+    def action_stat(self, stat: str) -> None:
+        """Show another statistic in the heatmap."""
+        self.stat = stat
+        self.query_one(GradHeatmap).update(self.layer_state, stat)
+        self._title(self.layer_state)
+
+    def action_sort(self) -> None:
+        """Sort the table by the next column."""
+        label = self.query_one(LayerTable).cycle_sort()
+        self.query_one(LayerTable).border_title = f"latest sample · {label}"
+
+    def action_filter(self) -> None:
+        """Open the filter box."""
+        box = self.query_one("#layers-filter", Input)
+        self.add_class("-filtering")
+        box.focus()
+
+    @on(Input.Changed, "#layers-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.query_one(LayerTable).set_filter(event.value)
+
+    @on(Input.Submitted, "#layers-filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self.remove_class("-filtering")
+        self.set_class(bool(event.value), "-filtered")
+        table = self.query_one(LayerTable)
+        table.border_title = f"latest sample · “{event.value}”" if event.value else "latest sample"
+        table.focus()
+
+    def on_key(self, event: Key) -> None:
+        box = self.query_one("#layers-filter", Input)
+        if event.key == "escape" and box.has_focus:
+            event.stop()
+            event.prevent_default()
+            box.value = ""
+            self.remove_class("-filtering")
+            self.query_one(LayerTable).border_title = "latest sample"
+            self.query_one(LayerTable).focus()
+
+    def action_back(self) -> None:
+        """Go back to the overview."""
+        self.dismiss(None)

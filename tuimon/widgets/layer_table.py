@@ -1,0 +1,163 @@
+"""Every parameter tensor at the latest sample: one row each, sortable and filterable."""
+
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from ..layers import LayerState
+
+SORTS: tuple[tuple[str, str], ...] = (
+    ("model", "model order"),
+    ("grad_norm", "grad norm ↓"),
+    ("weight_norm", "weight norm ↓"),
+    ("update_ratio", "update ratio ↓"),
+    ("grad_zero", "zeros ↓"),
+    ("name", "name"),
+)
+"""The sort orders ``o`` cycles through: ``(key, label)``; statistics sort largest first, NaN/Inf on top."""
+
+COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("shape", "shape", 11),
+    ("grad_norm", "grad norm", 9),
+    ("weight_norm", "weight", 9),
+    ("update_ratio", "upd ratio", 9),
+    ("grad_zero", "zeros", 6),
+    ("dead", "dead", 4),
+    ("sat", "sat", 4),
+)
+"""The columns after the name: ``(key, header, width)``. ``dead`` and ``sat`` are reserved for activation
+statistics (shown as ``–`` until the agent records them)."""
+NAME_MAX = 32
+
+
+def format_cell(key: str, value: float | None) -> Text:
+    """One statistic's cell: 4 significant digits, a percentage for zeros, ``–`` when not measured, NaN/Inf red."""
+    if value is None or (math.isnan(value) and key != "nonfinite"):
+        return Text("–", style="dim", justify="right")
+    if not math.isfinite(value):
+        return Text("NaN/Inf", style="bold #ff00ff", justify="right")
+    if key == "grad_zero":
+        return Text(f"{value * 100:.0f}%", justify="right")
+    return Text(f"{value:.3g}", justify="right")
+
+
+def format_shape(shape: tuple[int, ...]) -> str:
+    """``8×1×3×3``; ``scalar`` for a 0-d tensor."""
+    return "×".join(str(d) for d in shape) if shape else "scalar"
+
+
+class LayerTable(DataTable[Text]):
+    """One row per parameter tensor (keyed by its name) at the latest sample.
+
+    Rows come in through :meth:`update`; :attr:`sort` (``o`` on the layers screen cycles it) and :attr:`filter`
+    (a case-insensitive substring of the name) choose and order them.
+
+    Args:
+        name: The widget's name.
+        id: The widget's id.
+        classes: The widget's CSS classes.
+    """
+
+    DEFAULT_CSS = """
+    LayerTable {
+        height: 1fr;
+        scrollbar-size-vertical: 1;
+    }
+    """
+
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes, cursor_type="row", zebra_stripes=True)
+        self._layers: LayerState | None = None
+        self.sort = "model"
+        """The sort order: a key of :data:`SORTS`."""
+        self.filter = ""
+        """Only names containing this (case-insensitive) are listed."""
+        self._key: tuple[object, ...] | None = None
+        self.names: list[str] = []
+        """The names listed, top to bottom."""
+
+    def update(self, layers: LayerState) -> None:
+        """Show the latest sample of ``layers``; cheap when neither it nor the sort or filter changed.
+
+        Args:
+            layers: The per-layer state.
+        """
+        self._layers = layers
+        key = (id(layers), layers.version, self.sort, self.filter)
+        if key != self._key:
+            self._key = key
+            self._rebuild()
+
+    def cycle_sort(self) -> str:
+        """Sort by the next order of :data:`SORTS`; returns its label."""
+        keys = [k for k, _ in SORTS]
+        self.sort = keys[(keys.index(self.sort) + 1) % len(keys)]
+        if self._layers is not None:
+            self.update(self._layers)
+        return dict(SORTS)[self.sort]
+
+    def set_filter(self, text: str) -> None:
+        """List only the names that contain ``text`` (case-insensitive)."""
+        self.filter = text
+        if self._layers is not None:
+            self.update(self._layers)
+
+    def _order(self, layers: LayerState) -> list[int]:
+        needle = self.filter.lower()
+        idx = [i for i, n in enumerate(layers.names) if needle in n.lower()]
+        if self.sort == "name":
+            return sorted(idx, key=lambda i: layers.names[i])
+        if self.sort != "model":
+            stat = self.sort
+
+            def key(i: int) -> tuple[int, float]:
+                v = layers.latest_value(stat, i)
+                if v is None or math.isnan(v):
+                    return (2, 0.0)  # not measured: last
+                return (0, 0.0) if not math.isfinite(v) else (1, -v)  # NaN/Inf first, then largest
+
+            if stat in ("grad_norm", "grad_zero", "update_ratio") and "grad_nonfinite" in layers.latest:
+                bad = layers.latest["grad_nonfinite"]
+                return sorted(idx, key=lambda i: (0, 0.0) if bad[i] and stat != "grad_zero" else key(i))
+            return sorted(idx, key=key)
+        return idx
+
+    def _rebuild(self) -> None:
+        layers = self._layers
+        if layers is None:
+            return
+        selected = self.names[self.cursor_row] if 0 <= self.cursor_row < len(self.names) else None
+        order = self._order(layers)
+        self.names = [layers.names[i] for i in order]
+        name_w = min(NAME_MAX, max([4, *(len(n) for n in self.names)]))
+        self.clear(columns=True)
+        sort_label = {k: "▼" for k, _ in SORTS[1:5]}
+        self.add_column(Text("name" + (" ▲" if self.sort == "name" else "")), width=name_w, key="name")
+        for key, header, width in COLUMNS:
+            mark = sort_label.get(key, "") if key == self.sort else ""
+            self.add_column(Text(header + mark, justify="right"), width=width, key=key)
+        bad = layers.latest.get("grad_nonfinite")
+        for i in order:
+            p = layers.params[i]
+            label = Text(p.name, no_wrap=True, end="")
+            if len(p.name) > name_w:
+                label = Text("…" + p.name[len(p.name) - name_w + 1 :], no_wrap=True, end="")
+            cells = [label, Text(format_shape(p.shape), justify="right", no_wrap=True)]
+            for key, _, _ in COLUMNS[1:5]:
+                v = layers.latest_value(key, i)
+                if (
+                    v is not None
+                    and bad is not None
+                    and bad[i]
+                    and key != "weight_norm"
+                    and key != "grad_zero"
+                ):
+                    v = math.inf
+                cells.append(format_cell(key, v))
+            cells += [Text("–", style="dim", justify="right"), Text("–", style="dim", justify="right")]
+            self.add_row(*cells, key=p.name)
+        if selected in self.names:
+            self.move_cursor(row=self.names.index(selected), animate=False)
