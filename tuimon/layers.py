@@ -1,7 +1,8 @@
 """Per-layer view state: the model's parameter tensors and their statistics over the whole run, in bounded memory.
 
-Built from two record kinds (``protocol.LAYERS`` and ``protocol.PARAM_STATS``, see the protocol module). Pure
-Python and numpy, no Textual; one thread applies records and reads.
+Built from two record kinds (``protocol.LAYERS`` and ``protocol.PARAM_STATS``, see the protocol module);
+:class:`ActState`, from three more (``MODULES``, ``ACT_STATS``, ``INPUT_STATS``), does the same for module outputs
+and the model's input. Pure Python and numpy, no Textual; one thread applies records and reads.
 
 History
 -------
@@ -37,6 +38,16 @@ LAYERS = getattr(protocol, "LAYERS", "layers")
 PARAM_STATS = getattr(protocol, "PARAM_STATS", "param_stats")
 """The record kind of one sampled step's per-parameter statistics."""
 
+MODULES = getattr(protocol, "MODULES", "modules")
+"""The record kind of the measured-module index."""
+ACT_STATS = getattr(protocol, "ACT_STATS", "act_stats")
+"""The record kind of one sampled forward's per-module output statistics."""
+INPUT_STATS = getattr(protocol, "INPUT_STATS", "input_stats")
+"""The record kind of one sampled forward's input statistics."""
+ACT_LATEST: tuple[str, ...] = ("mean", "std", "dead", "saturated", "nonfinite")
+"""The ``act_stats`` arrays kept from the latest sample."""
+ACT_HISTORY_STATS: tuple[str, ...] = ("dead", "saturated")
+"""The activation statistics whose history is kept (one ``[M, capacity]`` matrix each)."""
 HISTORY_STATS: tuple[str, ...] = ("grad_norm", "update_ratio", "weight_norm", "grad_zero", "grad_max")
 """The statistics whose history is kept (one ``[P, capacity]`` matrix each)."""
 LATEST_STATS: tuple[str, ...] = (*HISTORY_STATS, "grad_nonfinite", "has_grad")
@@ -81,7 +92,97 @@ class Param:
         )
 
 
-class LayerState:
+class _ColumnHistory:
+    """The bounded whole-run history matrices (module docstring) of the statistics in ``_stats``, one row per
+    tensor or module; shared by :class:`LayerState` and :class:`ActState`."""
+
+    _stats: tuple[str, ...] = ()
+    capacity: int
+
+    def _reset_history(self, rows: int) -> None:
+        c = self.capacity
+        self._values = {s: np.full((rows, c), np.nan, dtype=np.float32) for s in self._stats}
+        self._nonfinite = {s: np.zeros((rows, c), dtype=bool) for s in self._stats}
+        self._first = np.zeros(c, dtype=np.int64)
+        self._last = np.zeros(c, dtype=np.int64)
+        self._count = np.zeros(c, dtype=np.int64)
+        self._used = 0
+        self._shift = 0
+
+    def _column(self, step: int) -> int:
+        """The column the next sample goes to: the last one until it holds ``2**shift`` samples, else a new one
+        (merging first when all are in use; every column is full then, so the new one is the first of the upper
+        half)."""
+        used = self._used
+        if used and self._count[used - 1] < (1 << self._shift):
+            col = used - 1
+        else:
+            if used == self.capacity:
+                self._merge()
+            col = self._used
+            self._used += 1
+        self._add_step(col, step)
+        return col
+
+    def _add_step(self, col: int, step: int) -> None:
+        if self._count[col] == 0:
+            self._first[col] = self._last[col] = step
+        else:
+            self._first[col] = min(self._first[col], step)
+            self._last[col] = max(self._last[col], step)
+        self._count[col] += 1
+
+    def _merge(self) -> None:
+        """Columns ``2j`` and ``2j + 1`` become column ``j`` (max, OR, step spans joined); the upper half empties."""
+        h = self.capacity // 2
+        for s in self._stats:
+            v, b = self._values[s], self._nonfinite[s]
+            v[:, :h] = np.fmax(v[:, 0::2], v[:, 1::2])
+            v[:, h:] = np.nan
+            b[:, :h] = b[:, 0::2] | b[:, 1::2]
+            b[:, h:] = False
+        self._first[:h] = np.minimum(self._first[0::2], self._first[1::2])
+        self._last[:h] = np.maximum(self._last[0::2], self._last[1::2])
+        self._count[:h] = self._count[0::2] + self._count[1::2]
+        self._first[h:] = self._last[h:] = self._count[h:] = 0
+        self._used = (self._used + 1) // 2
+        self._shift += 1
+
+    # -- queries (history) -------------------------------------------------------------------------------------------------
+
+    @property
+    def columns(self) -> int:
+        """History columns in use."""
+        return self._used
+
+    @property
+    def samples_per_column(self) -> int:
+        """Samples a full column holds (a power of two that doubles at each merge)."""
+        return 1 << self._shift
+
+    def history(self, stat: str) -> tuple[np.ndarray, np.ndarray]:
+        """One statistic's history (views: do not modify).
+
+        Args:
+            stat: One of the statistics kept (:data:`HISTORY_STATS`, :data:`ACT_HISTORY_STATS`).
+
+        Returns:
+            ``(values, nonfinite)``, each ``[rows, columns]``: values (NaN where not measured or non-finite) and the
+            non-finite marks.
+
+        Raises:
+            KeyError: An unknown statistic.
+        """
+        n = self._used
+        return self._values[stat][:, :n], self._nonfinite[stat][:, :n]
+
+    def steps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each used column's ``(first step, last step, samples)``, oldest first (views)."""
+        n = self._used
+        return self._first[:n], self._last[:n], self._count[:n]
+
+
+class LayerState(_ColumnHistory):
     """Per-parameter statistics of one run: the index, the latest sample and a bounded whole-run history.
 
     Args:
@@ -96,6 +197,8 @@ class LayerState:
         mismatched: ``param_stats`` records ignored because their arrays did not match the index.
         version: Bumped on every change, so a widget knows when to repaint.
     """
+
+    _stats = HISTORY_STATS
 
     def __init__(self, *, capacity: int = DEFAULT_CAPACITY) -> None:
         if not isinstance(capacity, int) or capacity < 2:
@@ -112,14 +215,7 @@ class LayerState:
         self.latest: dict[str, np.ndarray] = {}
         self.latest_step: int | None = None
         self.samples = 0
-        p, c = len(params), self.capacity
-        self._values = {s: np.full((p, c), np.nan, dtype=np.float32) for s in HISTORY_STATS}
-        self._nonfinite = {s: np.zeros((p, c), dtype=bool) for s in HISTORY_STATS}
-        self._first = np.zeros(c, dtype=np.int64)
-        self._last = np.zeros(c, dtype=np.int64)
-        self._count = np.zeros(c, dtype=np.int64)
-        self._used = 0
-        self._shift = 0
+        self._reset_history(len(params))
 
     # -- ingest -----------------------------------------------------------------------------------------------------
 
@@ -189,78 +285,6 @@ class LayerState:
         self.version += 1
         return True
 
-    def _column(self, step: int) -> int:
-        """The column the next sample goes to: the last one until it holds ``2**shift`` samples, else a new one
-        (merging first when all are in use; every column is full then, so the new one is the first of the upper
-        half)."""
-        used = self._used
-        if used and self._count[used - 1] < (1 << self._shift):
-            col = used - 1
-        else:
-            if used == self.capacity:
-                self._merge()
-            col = self._used
-            self._used += 1
-        self._add_step(col, step)
-        return col
-
-    def _add_step(self, col: int, step: int) -> None:
-        if self._count[col] == 0:
-            self._first[col] = self._last[col] = step
-        else:
-            self._first[col] = min(self._first[col], step)
-            self._last[col] = max(self._last[col], step)
-        self._count[col] += 1
-
-    def _merge(self) -> None:
-        """Columns ``2j`` and ``2j + 1`` become column ``j`` (max, OR, step spans joined); the upper half empties."""
-        h = self.capacity // 2
-        for s in HISTORY_STATS:
-            v, b = self._values[s], self._nonfinite[s]
-            v[:, :h] = np.fmax(v[:, 0::2], v[:, 1::2])
-            v[:, h:] = np.nan
-            b[:, :h] = b[:, 0::2] | b[:, 1::2]
-            b[:, h:] = False
-        self._first[:h] = np.minimum(self._first[0::2], self._first[1::2])
-        self._last[:h] = np.maximum(self._last[0::2], self._last[1::2])
-        self._count[:h] = self._count[0::2] + self._count[1::2]
-        self._first[h:] = self._last[h:] = self._count[h:] = 0
-        self._used = (self._used + 1) // 2
-        self._shift += 1
-
-    # -- queries ----------------------------------------------------------------------------------------------------
-
-    @property
-    def columns(self) -> int:
-        """History columns in use."""
-        return self._used
-
-    @property
-    def samples_per_column(self) -> int:
-        """Samples a full column holds (a power of two that doubles at each merge)."""
-        return 1 << self._shift
-
-    def history(self, stat: str) -> tuple[np.ndarray, np.ndarray]:
-        """One statistic's history (views: do not modify).
-
-        Args:
-            stat: One of :data:`HISTORY_STATS`.
-
-        Returns:
-            ``(values, nonfinite)``, each ``[P, columns]``: values (NaN where not measured or non-finite) and the
-            non-finite marks.
-
-        Raises:
-            KeyError: An unknown statistic.
-        """
-        n = self._used
-        return self._values[stat][:, :n], self._nonfinite[stat][:, :n]
-
-    def steps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each used column's ``(first step, last step, samples)``, oldest first (views)."""
-        n = self._used
-        return self._first[:n], self._last[:n], self._count[:n]
-
     def latest_value(self, stat: str, index: int) -> float | None:
         """The latest sample's value of a statistic for parameter ``index``, ``None`` when there is none."""
         a = self.latest.get(stat)
@@ -270,3 +294,158 @@ class LayerState:
         """Bytes held by the history matrices (what grows with the model, not with the run)."""
         held: Sequence[np.ndarray] = [*self._values.values(), *self._nonfinite.values()]
         return sum(a.nbytes for a in held) + self.global_grad_norm.nbytes()
+
+
+@dataclass(frozen=True)
+class Module:
+    """One module of the ``modules`` index: its qualified name and class name."""
+
+    name: str
+    type: str
+
+
+class ActState(_ColumnHistory):
+    """Per-module output statistics and the model's input statistics of one run.
+
+    Keeps the module index, the latest ``act_stats`` arrays, the latest ``input_stats`` and a bounded whole-run
+    history of the dead and saturated fractions (:data:`ACT_HISTORY_STATS`, merged by maximum like
+    :class:`LayerState`; a non-finite output sets the non-finite mark of both).
+
+    Args:
+        capacity: History columns per statistic (rounded up to an even number, at least 2).
+
+    Attributes:
+        modules: The module index, model order.
+        names: Their names.
+        latest: The latest sample's arrays by statistic (float64 copies).
+        latest_step: Its step.
+        inputs: The latest ``input_stats`` payload (``shape`` and float64 arrays), or ``None``.
+        inputs_step: Its step.
+        samples: ``act_stats`` records applied since the index was (re)built.
+        mismatched: ``act_stats`` records ignored because their arrays did not match the index.
+        version: Bumped on every change.
+    """
+
+    _stats = ACT_HISTORY_STATS
+
+    def __init__(self, *, capacity: int = DEFAULT_CAPACITY) -> None:
+        if not isinstance(capacity, int) or capacity < 2:
+            raise ValueError(f"invalid capacity={capacity!r}: must be an int >= 2")
+        self.capacity = capacity + capacity % 2
+        self.version = 0
+        self.mismatched = 0
+        self.inputs: dict[str, Any] | None = None
+        self.inputs_step: int | None = None
+        self._index([])
+
+    def _index(self, modules: list[Module]) -> None:
+        self.modules = modules
+        self.names = [m.name for m in modules]
+        self._pos = {n: i for i, n in enumerate(self.names)}
+        self.latest: dict[str, np.ndarray] = {}
+        self.latest_step: int | None = None
+        self.samples = 0
+        self._reset_history(len(modules))
+
+    def apply_modules(self, data: Mapping[str, Any]) -> None:
+        """Apply a ``modules`` record: the same index keeps the history; a different one starts it afresh."""
+        raw = data.get("modules")
+        modules = (
+            [Module(str(d.get("name", "?")), str(d.get("type", ""))) for d in raw if isinstance(d, Mapping)]
+            if isinstance(raw, list)
+            else []
+        )
+        if modules != self.modules:
+            self._index(modules)
+        self.version += 1
+
+    def apply_stats(self, step: int | None, data: Mapping[str, Any]) -> bool:
+        """Apply one ``act_stats`` record; False (counted in :attr:`mismatched`) when it does not fit the index."""
+        m = len(self.modules)
+        arrays: dict[str, np.ndarray] = {}
+        for s in ACT_LATEST:
+            a = data.get(s)
+            if a is None:
+                continue
+            try:
+                a = np.asarray(a, dtype=np.float64).ravel()
+            except (TypeError, ValueError):
+                a = None
+            if a is None or len(a) != m:
+                arrays = {}
+                break
+            arrays[s] = a
+        if not m or "mean" not in arrays:
+            self.mismatched += 1
+            self.version += 1
+            return False
+        if step is None:
+            step = (self.latest_step or 0) + 1
+        self.latest, self.latest_step = arrays, step
+        self.samples += 1
+        flagged = arrays.get("nonfinite")
+        col = self._column(step)
+        for s in ACT_HISTORY_STATS:
+            a = arrays.get(s)
+            if a is None:
+                continue
+            bad = flagged != 0 if flagged is not None else np.zeros(m, dtype=bool)
+            vals = np.where(bad, np.nan, a).astype(np.float32)
+            self._values[s][:, col] = np.fmax(self._values[s][:, col], vals)
+            self._nonfinite[s][:, col] |= bad
+        self.version += 1
+        return True
+
+    def apply_inputs(self, step: int | None, data: Mapping[str, Any]) -> None:
+        """Apply one ``input_stats`` record (the latest one is kept)."""
+        out: dict[str, Any] = {}
+        shape = data.get("shape")
+        out["shape"] = (
+            [int(d) for d in shape if isinstance(d, int)] if isinstance(shape, (list, tuple)) else []
+        )
+        for s in ("mean", "std", "min", "max"):
+            try:
+                out[s] = np.asarray(data.get(s, ()), dtype=np.float64).ravel()
+            except (TypeError, ValueError):
+                out[s] = np.zeros(0)
+        self.inputs, self.inputs_step = out, step
+        self.version += 1
+
+    def latest_value(self, stat: str, index: int) -> float | None:
+        """The latest sample's value of a statistic for module ``index``, ``None`` when there is none."""
+        a = self.latest.get(stat)
+        return float(a[index]) if a is not None and 0 <= index < len(a) else None
+
+    def for_param_modules(self, owners: Sequence[str]) -> dict[str, int]:
+        """Which measured module speaks for each parameter-owning module in the layer table's dead/sat columns.
+
+        The owner itself when it is measured and has a dead or saturated value; otherwise the first activation
+        module that follows it in the index before the next owner (``features.0`` Conv2d → ``features.1`` ReLU),
+        the usual layer-then-activation pattern.
+
+        Args:
+            owners: The modules that own parameters (the ``layers`` index's ``module`` fields).
+
+        Returns:
+            ``{owner: module index}`` for the owners that have one.
+        """
+        owning = set(owners)
+        out: dict[str, int] = {}
+        current: str | None = None
+        for i, m in enumerate(self.modules):
+            if m.name in owning:
+                current = m.name
+                if m.type in _ACT_TYPES:
+                    out[current] = i
+                continue
+            if current is not None and current not in out and m.type in _ACT_TYPES:
+                out[current] = i
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes held by the history matrices."""
+        return sum(a.nbytes for a in [*self._values.values(), *self._nonfinite.values()])
+
+
+_ACT_TYPES = frozenset({"ReLU", "ReLU6", "LeakyReLU", "Tanh", "Sigmoid"})
+"""Module types with a dead or saturated fraction."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from tuimon_agent import protocol
 
-from .layers import LAYERS, PARAM_STATS, LayerState
+from .layers import ACT_STATS, INPUT_STATS, LAYERS, MODULES, PARAM_STATS, ActState, LayerState
 from .series import CHUNK, Series
 
 EVENTS_KEPT = 200
@@ -104,6 +104,8 @@ class RunState:
         # -- per-layer statistics (tuimon/layers.py) --
         self.layers = LayerState()
         """Per-parameter statistics (``layers`` and ``param_stats`` records)."""
+        self.acts = ActState()
+        """Per-module output and input statistics (``modules``, ``act_stats`` and ``input_stats`` records)."""
         # -- end per-layer statistics --
         self.first_ts: float | None = None
         self.last_ts: float | None = None
@@ -183,6 +185,15 @@ class RunState:
         elif kind == LAYERS:
             self._seen(rec.ts, rec.step)
             self.layers.apply_layers(rec.data)
+        elif kind == ACT_STATS:
+            self._seen(rec.ts, rec.step)
+            self.acts.apply_stats(rec.step, rec.data)
+        elif kind == INPUT_STATS:
+            self._seen(rec.ts, rec.step)
+            self.acts.apply_inputs(rec.step, rec.data)
+        elif kind == MODULES:
+            self._seen(rec.ts, rec.step)
+            self.acts.apply_modules(rec.data)
         # -- end per-layer statistics --
         else:
             self.unknown += 1

@@ -27,6 +27,9 @@ _END = 3
 _CHECK = 4
 _LAYERS = 5
 _STATS = 6
+_MODULES = 7
+_ACTS = 8
+_ENQUEUE_TAGS = {"layers": _LAYERS, "stats": _STATS, "modules": _MODULES, "acts": _ACTS}
 
 DEFAULT_QUEUE = 100_000
 
@@ -72,6 +75,9 @@ class Monitor:
         stats_every: Optimizer steps between two per-parameter gradient and weight statistics passes
             (``param_stats`` records; needs both ``model`` and ``optimizer``): ``1`` every step, ``0`` off.
             A sampled step briefly holds one extra copy of the parameters that have a gradient.
+        activations: On the same sampled steps, also measure the outputs of the model's layers and its input
+            during the training-mode forward (``modules``, ``act_stats`` and ``input_stats`` records; forward
+            hooks, removed on close). Not installed on a ``torch.compile``'d model.
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class Monitor:
         persist: bool = True,
         publish: bool = True,
         stats_every: int = DEFAULT_STATS_EVERY,
+        activations: bool = True,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"invalid queue_size={queue_size!r}: must be an int >= 1")
@@ -107,6 +114,7 @@ class Monitor:
         self._thread: AgentThread | None = None
         self._model = model
         self._stats: Any = None
+        self._acts: Any = None
         self.run_id = discovery.new_run_id()
         self.name = run or _default_name()
         base = Path(dir if dir is not None else os.environ.get("TUIMON_DIR") or "tuimon-runs")
@@ -131,6 +139,16 @@ class Monitor:
                     step_of=self._next_step,
                     on_error=self._fail,
                 )
+                if activations and getattr(model, "_orig_mod", None) is None:  # not under torch.compile
+                    from .instruments import ActStats
+
+                    self._acts = ActStats(
+                        model,
+                        self._stats,
+                        enqueue=self._enqueue_stats,
+                        step_of=self._next_step,
+                        on_error=self._fail,
+                    )
             cfg = RunConfig(
                 run_id=self.run_id,
                 name=self.name,
@@ -142,6 +160,8 @@ class Monitor:
             )
             if self._stats is not None:
                 self._stats.install()
+            if self._acts is not None:
+                self._acts.install()
             self._thread = AgentThread(cfg, self._queue, self._counters, self._fail)
             self._thread.start()
             # Wait (once, at setup) until the run file and the connection file exist, so that a viewer started
@@ -257,6 +277,9 @@ class Monitor:
         if self._stats is not None:
             self._stats.remove()
             self._stats = None
+        if self._acts is not None:
+            self._acts.remove()
+            self._acts = None
         for h in self._hooks:
             try:
                 h.remove()
@@ -324,7 +347,7 @@ class Monitor:
         q = self._queue
         if len(q) >= self._maxlen:
             self._drop_oldest()
-        q.append((_LAYERS if kind == "layers" else _STATS, step, _time(), payload))
+        q.append((_ENQUEUE_TAGS[kind], step, _time(), payload))
 
     def _fail(self, exc: BaseException) -> None:
         """Disable the monitor after an internal error, with one warning; training goes on."""
@@ -334,6 +357,8 @@ class Monitor:
         self._off = True
         if self._stats is not None:
             self._stats._off = True
+        if self._acts is not None:
+            self._acts._off = True
         _warn(f"monitoring disabled after an internal error ({type(exc).__name__}: {exc}); training goes on")
 
     def _forked(self) -> None:
@@ -343,6 +368,8 @@ class Monitor:
         self._thread = None
         if self._stats is not None:
             self._stats._off = True
+        if self._acts is not None:
+            self._acts._off = True
 
 
 def watch(model: Any = None, optimizer: Any = None, **options: Any) -> Monitor:

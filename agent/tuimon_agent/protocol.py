@@ -81,9 +81,29 @@ abs), ``"grad_zero": float32[P]`` (fraction of exact zeros), ``"grad_nonfinite":
 ‖w_before‖ of this step), ``"global_grad_norm": float}`` (L2 over every gradient). The first non-finite gradient
 (or weight) seen is also reported once as an ``event`` with ``what = "nonfinite"``, ``step``, ``param`` and
 ``of = "gradient" | "weight"``."""
+MODULES = "modules"
+"""The modules whose outputs are measured (Linear, Conv1d/2d/3d, RNN/LSTM/GRU, MultiheadAttention, norm layers and
+activation modules), in model order (``named_modules()``, the root excluded, names as in ``layers``); sent once
+at start (``step`` nil). ``d = {"modules": [{"name": str, "type": str}, ...]}``; the index in this list is the
+column index of ``act_stats`` arrays."""
+ACT_STATS = "act_stats"
+"""Output statistics of each module of the latest ``modules`` record, measured during the training-mode forward of
+a sampled step (every ``stats_every`` optimizer steps, the forward that precedes that step's ``optimizer.step()``):
+``d = {"mean": float32[M], "std": float32[M]`` (population std over every element of the output, or its first
+tensor for RNNs and ``MultiheadAttention``), ``"dead": float32[M]`` (ReLU, ReLU6, LeakyReLU: fraction of units,
+the channels/features at dim 1, that are exactly 0 for every sample and position; NaN for other types),
+``"saturated": float32[M]`` (Tanh: fraction with ``|y| > 0.99``; Sigmoid: ``y < 0.01`` or ``y > 0.99``; NaN for
+other types), ``"nonfinite": uint8[M]}`` (a NaN or Inf in the output). A module not called in that forward has
+NaN everywhere; one called several times is measured at its first call."""
+INPUT_STATS = "input_stats"
+"""Statistics of the first tensor argument of the model's forward in the same pass as ``act_stats``:
+``d = {"shape": [int], "mean": float32[C], "std": float32[C], "min": float32[C], "max": float32[C]}`` per channel
+(dim 1 for inputs of 2 or more dimensions, at most the first 256; one channel for 0-D and 1-D inputs)."""
 END = "end"
 """The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``."""
-RECORD_KINDS = frozenset({HELLO, METRICS, EVAL, EVENT, CHECK, LAYERS, PARAM_STATS, END})
+RECORD_KINDS = frozenset(
+    {HELLO, METRICS, EVAL, EVENT, CHECK, LAYERS, PARAM_STATS, MODULES, ACT_STATS, INPUT_STATS, END}
+)
 
 # Ephemeral messages (not sequenced, not persisted).
 HEARTBEAT = "heartbeat"

@@ -41,7 +41,7 @@ _STEP_LIMIT = 1 << 62
 """Steps are int64 on the wire and in SQLite; a step beyond this is a corrupt counter."""
 
 # Queue tags, shared with monitor.py.
-_LOG, _EVAL, _OPT, _END, _CHECK, _LAYERS, _STATS = 0, 1, 2, 3, 4, 5, 6
+_LOG, _EVAL, _OPT, _END, _CHECK, _LAYERS, _STATS, _MODULES, _ACTS = 0, 1, 2, 3, 4, 5, 6, 7, 8
 _PLAIN = frozenset({float, int})
 
 
@@ -305,6 +305,10 @@ class AgentThread(threading.Thread):
                 self._emit(protocol.LAYERS, step, ts, payload)
             elif tag == _STATS:
                 self._param_stats(step, ts, payload)
+            elif tag == _MODULES:
+                self._emit(protocol.MODULES, step, ts, payload)
+            elif tag == _ACTS:
+                self._act_stats(step, ts, payload)
             elif tag == _END:
                 self._flush_opt()
                 dropped, steps = self._counters()
@@ -342,6 +346,18 @@ class AgentThread(threading.Thread):
                     {"what": "nonfinite", "message": msg, "step": step, "param": name, "of": of},
                 )
                 return
+
+    def _act_stats(self, step: int | None, ts: float, payload: tuple[Any, ...]) -> None:
+        """Activation (and input) statistics buffers of one measured forward → ``act_stats`` and ``input_stats``
+        records (waiting here for their device-to-host copy)."""
+        from .instruments import act_payloads
+
+        bufs, event, _names, shape = payload
+        acts, inputs = act_payloads(bufs, event, shape)
+        if len(acts["mean"]):  # a model with no measured module still has its input measured
+            self._emit(protocol.ACT_STATS, step, ts, acts)
+        if inputs is not None:
+            self._emit(protocol.INPUT_STATS, step, ts, inputs)
 
     def _step(self, step: Any) -> int | None:
         """A user's ``step=`` as an int: numpy and tensor integers and integral floats are taken; anything else is

@@ -1,4 +1,6 @@
-"""The layers screen: a heatmap of one per-parameter statistic over the run, and every tensor at the latest sample."""
+"""The layers screen: a heatmap of one per-parameter statistic over the run, every tensor at the latest sample, and
+the activation statistics of every measured module plus the model's input (``a`` switches the side table when the
+screen is narrow; both are shown when it is wide)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from ..layers import LayerState
 from ..state import RunState
 from ..widgets import GradHeatmap, LayerTable
 from ..widgets.grad_heatmap import STATS
+from ..widgets.layer_table import ActTable, input_line
 
 EMPTY_NOTE = "no per-layer statistics in this run — watch(model, optimizer) records them every N steps"
 """What the screen says when the run has sent no ``layers`` record."""
@@ -45,6 +48,7 @@ class LayersScreen(Screen[None]):
         Binding("2", "stat('update_ratio')", "Update ratio", show=False),
         Binding("3", "stat('weight_norm')", "Weight norm", show=False),
         Binding("4", "stat('grad_zero')", "Zeros", show=False),
+        Binding("a", "activations", "Activations"),
         Binding("o", "sort", "Sort"),
         Binding("slash", "filter", "Filter", key_display="/"),
     ]
@@ -62,6 +66,7 @@ class LayersScreen(Screen[None]):
         self.stat = "grad_norm"
         """The statistic the heatmap shows (one of :data:`STAT_KEYS`)."""
         self._title_key: tuple[object, ...] | None = None
+        self._input_line = ""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="layers-title")
@@ -72,6 +77,8 @@ class LayersScreen(Screen[None]):
                     placeholder="filter by name (enter keeps it, escape clears it)", id="layers-filter"
                 )
                 yield LayerTable(id="layer-table")
+                yield ActTable(id="act-table")
+                yield Static("", id="input-stats")
         yield Static(Content(EMPTY_NOTE), id="layers-empty")
         yield Footer()
 
@@ -79,7 +86,10 @@ class LayersScreen(Screen[None]):
         heatmap = self.query_one(GradHeatmap)
         heatmap.border_subtitle = "←↑↓→ cursor · [ ] scroll · + - zoom"
         self.query_one(LayerTable).border_title = "latest sample"
-        self.query_one(LayerTable).border_subtitle = "o sort · / filter"
+        self.query_one(LayerTable).border_subtitle = "o sort · / filter · a activations"
+        acts = self.query_one(ActTable)
+        acts.border_title = "activations"
+        acts.border_subtitle = "a parameters"
         heatmap.focus()
         self.update(self._state if self._state is not None else RunState())
 
@@ -99,7 +109,15 @@ class LayersScreen(Screen[None]):
         self.set_class(not layers.params, "-empty")
         heatmap = self.query_one(GradHeatmap)
         heatmap.update(layers, self.stat)
-        self.query_one(LayerTable).update(layers)
+        self.query_one(LayerTable).update(layers, state.acts)
+        acts = state.acts
+        self.set_class(bool(acts.modules), "-has-acts")
+        self.query_one(ActTable).update(acts)
+        line = input_line(acts)
+        if line != self._input_line:
+            self._input_line = line
+            self.query_one("#input-stats", Static).update(Content(line))
+        self.set_class(bool(line), "-has-input")
         self._title(layers)
 
     def _title(self, layers: LayerState) -> None:
@@ -121,6 +139,15 @@ class LayersScreen(Screen[None]):
         self.stat = stat
         self.query_one(GradHeatmap).update(self.layer_state, stat)
         self._title(self.layer_state)
+
+    def action_activations(self) -> None:
+        """Switch the side table between parameters and activations (both are shown when the screen is wide)."""
+        if not self.has_class("-has-acts"):
+            self.notify("no activation statistics in this run", timeout=2)
+            return
+        self.toggle_class("-acts")
+        target = self.query_one(ActTable) if self.has_class("-acts") else self.query_one(LayerTable)
+        target.focus()
 
     def action_sort(self) -> None:
         """Sort the table by the next column."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from rich.text import Text
 from textual.widgets import DataTable
 
-from ..layers import LayerState
+from ..layers import ActState, LayerState
 
 SORTS: tuple[tuple[str, str], ...] = (
     ("model", "model order"),
@@ -28,8 +29,9 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("dead", "dead", 4),
     ("sat", "sat", 4),
 )
-"""The columns after the name: ``(key, header, width)``. ``dead`` and ``sat`` are reserved for activation
-statistics (shown as ``–`` until the agent records them)."""
+"""The columns after the name: ``(key, header, width)``. ``dead`` and ``sat`` are the latest dead and saturated
+fractions of the activation that follows the parameter's module (:meth:`ActState.for_param_modules`), ``–`` when
+there is none or the run has no activation statistics."""
 NAME_MAX = 32
 
 
@@ -39,7 +41,7 @@ def format_cell(key: str, value: float | None) -> Text:
         return Text("–", style="dim", justify="right")
     if not math.isfinite(value):
         return Text("NaN/Inf", style="bold #ff00ff", justify="right")
-    if key == "grad_zero":
+    if key in ("grad_zero", "dead", "sat"):
         return Text(f"{value * 100:.0f}%", justify="right")
     return Text(f"{value:.3g}", justify="right")
 
@@ -71,6 +73,7 @@ class LayerTable(DataTable[Text]):
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes, cursor_type="row", zebra_stripes=True)
         self._layers: LayerState | None = None
+        self._acts: ActState | None = None
         self.sort = "model"
         """The sort order: a key of :data:`SORTS`."""
         self.filter = ""
@@ -79,14 +82,18 @@ class LayerTable(DataTable[Text]):
         self.names: list[str] = []
         """The names listed, top to bottom."""
 
-    def update(self, layers: LayerState) -> None:
+    def update(self, layers: LayerState, acts: ActState | None = None) -> None:
         """Show the latest sample of ``layers``; cheap when neither it nor the sort or filter changed.
 
         Args:
             layers: The per-layer state.
+            acts: The activation statistics for the ``dead`` and ``sat`` columns (default: the last ones given).
         """
         self._layers = layers
-        key = (id(layers), layers.version, self.sort, self.filter)
+        if acts is not None:
+            self._acts = acts
+        a = self._acts
+        key = (id(layers), layers.version, id(a), a.version if a is not None else -1, self.sort, self.filter)
         if key != self._key:
             self._key = key
             self._rebuild()
@@ -140,6 +147,8 @@ class LayerTable(DataTable[Text]):
             mark = sort_label.get(key, "") if key == self.sort else ""
             self.add_column(Text(header + mark, justify="right"), width=width, key=key)
         bad = layers.latest.get("grad_nonfinite")
+        acts = self._acts
+        speaks = acts.for_param_modules([p.module for p in layers.params]) if acts is not None else {}
         for i in order:
             p = layers.params[i]
             label = Text(p.name, no_wrap=True, end="")
@@ -157,7 +166,94 @@ class LayerTable(DataTable[Text]):
                 ):
                     v = math.inf
                 cells.append(format_cell(key, v))
-            cells += [Text("–", style="dim", justify="right"), Text("–", style="dim", justify="right")]
+            j = speaks.get(p.module)
+            for stat in ("dead", "saturated"):
+                v = acts.latest_value(stat, j) if acts is not None and j is not None else None
+                cells.append(format_cell("dead", v))
             self.add_row(*cells, key=p.name)
         if selected in self.names:
             self.move_cursor(row=self.names.index(selected), animate=False)
+
+
+ACT_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("type", "type", 11),
+    ("mean", "mean", 9),
+    ("std", "std", 9),
+    ("dead", "dead", 5),
+    ("saturated", "sat", 5),
+)
+"""The activation table's columns after the module name: ``(key, header, width)``."""
+
+
+class ActTable(DataTable[Text]):
+    """One row per measured module (keyed by its name) at the latest ``act_stats`` sample: type, output mean and
+    std, dead and saturated fractions (``NaN/Inf`` in the mean column when the output held one).
+
+    Args:
+        name: The widget's name.
+        id: The widget's id.
+        classes: The widget's CSS classes.
+    """
+
+    DEFAULT_CSS = """
+    ActTable {
+        height: 1fr;
+        scrollbar-size-vertical: 1;
+    }
+    """
+
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes, cursor_type="row", zebra_stripes=True)
+        self._key: tuple[object, ...] | None = None
+        self.names: list[str] = []
+        """The module names listed, top to bottom."""
+
+    def update(self, acts: ActState) -> None:
+        """Show the latest sample of ``acts``; cheap when it did not change."""
+        key = (id(acts), acts.version)
+        if key == self._key:
+            return
+        self._key = key
+        selected = self.names[self.cursor_row] if 0 <= self.cursor_row < len(self.names) else None
+        self.names = list(acts.names)
+        name_w = min(NAME_MAX, max([6, *(len(n) for n in self.names)]))
+        self.clear(columns=True)
+        self.add_column(Text("module"), width=name_w, key="name")
+        for key_, header, width in ACT_COLUMNS:
+            self.add_column(Text(header, justify="right"), width=width, key=key_)
+        bad = acts.latest.get("nonfinite")
+        for i, m in enumerate(acts.modules):
+            label = m.name if len(m.name) <= name_w else "…" + m.name[len(m.name) - name_w + 1 :]
+            cells = [Text(label, no_wrap=True, end=""), Text(m.type, justify="right", no_wrap=True)]
+            flagged = bad is not None and bool(bad[i])
+            for stat in ("mean", "std"):
+                v = acts.latest_value(stat, i)
+                cells.append(format_cell(stat, math.inf if flagged else v))
+            for stat in ("dead", "saturated"):
+                cells.append(format_cell("dead", acts.latest_value(stat, i)))
+            self.add_row(*cells, key=m.name)
+        if selected in self.names:
+            self.move_cursor(row=self.names.index(selected), animate=False)
+
+
+def input_line(acts: ActState) -> str:
+    """The input statistics in one line: ``input 64×1×8×8 · mean -0.1…0.2 · std … · min … · max …`` (each a
+    range over channels, or one value for one channel); empty without ``input_stats``."""
+    d = acts.inputs
+    if d is None:
+        return ""
+    parts = [f"input {format_shape(tuple(d['shape']))}"]
+    channels = len(d["mean"])
+    if channels > 1:
+        parts.append(f"{channels} ch")
+    for stat in ("mean", "std", "min", "max"):
+        a = d[stat]
+        if not len(a):
+            continue
+        if not np.isfinite(a).all():
+            parts.append(f"{stat} NaN/Inf")
+        elif len(a) == 1 or a.min() == a.max():
+            parts.append(f"{stat} {a[0]:.3g}")
+        else:
+            parts.append(f"{stat} {a.min():.3g}…{a.max():.3g}")
+    return " · ".join(parts)
