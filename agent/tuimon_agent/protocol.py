@@ -99,10 +99,32 @@ INPUT_STATS = "input_stats"
 """Statistics of the first tensor argument of the model's forward in the same pass as ``act_stats``:
 ``d = {"shape": [int], "mean": float32[C], "std": float32[C], "min": float32[C], "max": float32[C]}`` per channel
 (dim 1 for inputs of 2 or more dimensions, at most the first 256; one channel for 0-D and 1-D inputs)."""
+HISTOGRAMS = "histograms"
+"""Weight and gradient histograms of every parameter tensor of the latest ``layers`` record (P of them, same order),
+after the ``optimizer.step()`` of a sampled step (every ``hist_every`` optimizer steps), binned on the device:
+``d = {"bins": B, "weight": H, "grad": H}`` with ``H = {"lo": float32[P], "hi": float32[P]`` (min and max of the
+finite values), ``"counts": int32[P, B]`` (``B`` equal bins over ``[lo, hi]``, exactly as ``numpy.histogram(finite,
+bins=B, range=(lo, hi))``: float32 edges, bin ``i`` holds ``edge[i] <= v < edge[i+1]``, the last bin also ``hi``;
+when ``lo == hi`` every value is in bin ``B // 2``), ``"nan": int32[P], "inf": int32[P]}`` (NaN and ±Inf entries,
+counted here and left out of ``counts``). A tensor with no gradient (or no finite value) has NaN ``lo``/``hi``
+and zero ``counts``."""
 END = "end"
 """The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``."""
 RECORD_KINDS = frozenset(
-    {HELLO, METRICS, EVAL, EVENT, CHECK, LAYERS, PARAM_STATS, MODULES, ACT_STATS, INPUT_STATS, END}
+    {
+        HELLO,
+        METRICS,
+        EVAL,
+        EVENT,
+        CHECK,
+        LAYERS,
+        PARAM_STATS,
+        MODULES,
+        ACT_STATS,
+        INPUT_STATS,
+        HISTOGRAMS,
+        END,
+    }
 )
 
 # Ephemeral messages (not sequenced, not persisted).

@@ -41,7 +41,7 @@ _STEP_LIMIT = 1 << 62
 """Steps are int64 on the wire and in SQLite; a step beyond this is a corrupt counter."""
 
 # Queue tags, shared with monitor.py.
-_LOG, _EVAL, _OPT, _END, _CHECK, _LAYERS, _STATS, _MODULES, _ACTS = 0, 1, 2, 3, 4, 5, 6, 7, 8
+_LOG, _EVAL, _OPT, _END, _CHECK, _LAYERS, _STATS, _MODULES, _ACTS, _HIST = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 _PLAIN = frozenset({float, int})
 
 
@@ -309,6 +309,11 @@ class AgentThread(threading.Thread):
                 self._emit(protocol.MODULES, step, ts, payload)
             elif tag == _ACTS:
                 self._act_stats(step, ts, payload)
+            elif tag == _HIST:
+                from .instruments import hist_payload  # torch is imported already: the hook made the buffers
+
+                bufs, event = payload
+                self._emit(protocol.HISTOGRAMS, step, ts, hist_payload(bufs, event))
             elif tag == _END:
                 self._flush_opt()
                 dropped, steps = self._counters()

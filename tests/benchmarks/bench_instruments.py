@@ -28,7 +28,7 @@ from torch import nn
 
 import tuimon_agent
 from tuimon_agent import instruments
-from tuimon_agent.monitor import DEFAULT_STATS_EVERY
+from tuimon_agent.monitor import DEFAULT_HIST_BINS, DEFAULT_HIST_EVERY, DEFAULT_STATS_EVERY
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "digits.py"
 
@@ -106,19 +106,45 @@ def _time_pass(make: Callable[[], Any], reps: int = 10) -> float:
     return statistics.median(times)
 
 
-def _time_histograms(make: Callable[[], Any]) -> tuple[float, int]:
-    """Seconds for ``add_histogram`` over every parameter tensor once, and the number of tensors."""
+def _time_hist_pass(make: Callable[[], Any], reps: int = 5) -> tuple[float, float, int]:
+    """One histogram pass (``ParamHist.measure``: every weight and gradient binned, on the training thread) against
+    ``SummaryWriter.add_histogram`` for the same tensors (weights and gradients), in the same run.
+
+    Returns:
+        ``(tuimon seconds, add_histogram seconds, tensors)``: medians of ``reps`` passes after one warm-up.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
-    model, _opt, _loss = make()
-    params = list(model.named_parameters())
+    model, opt, loss_fn = make()
+    loss_fn().backward()
+    got: list[Any] = []
+    hist = instruments.ParamHist(
+        model,
+        opt,
+        every=1,
+        bins=DEFAULT_HIST_BINS,
+        enqueue=lambda kind, step, payload: got.append(payload),
+        step_of=lambda: 1,
+        on_error=lambda exc: (_ for _ in ()).throw(exc),
+    )
+    named = list(model.named_parameters())
+    ours, theirs = [], []
     with SummaryWriter(tempfile.mkdtemp()) as w:
-        for name, p in params:  # warm-up
-            w.add_histogram(name, p, 0)
-        t0 = time.perf_counter()
-        for name, p in params:
-            w.add_histogram(name, p, 1)
-        return time.perf_counter() - t0, len(params)
+        for rep in range(reps + 1):
+            t0 = time.perf_counter()
+            hist.measure()
+            t1 = time.perf_counter()
+            for name, p in named:
+                w.add_histogram(name, p, rep)
+                if p.grad is not None:
+                    w.add_histogram(f"{name}.grad", p.grad, rep)
+            t2 = time.perf_counter()
+            got.clear()
+            if rep:  # the first is a warm-up
+                ours.append(t1 - t0)
+                theirs.append(t2 - t1)
+    n = len(named) + sum(p.grad is not None for _n, p in named)
+    return statistics.median(ours), statistics.median(theirs), n
 
 
 def main() -> None:
@@ -127,13 +153,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    d = DEFAULT_STATS_EVERY
+    d, h = DEFAULT_STATS_EVERY, DEFAULT_HIST_EVERY
     print(
-        f"torch {torch.__version__}, 1 CPU thread, {args.rounds} rounds × {args.steps} steps, default every={d}"
+        f"torch {torch.__version__}, 1 CPU thread, {args.rounds} rounds × {args.steps} steps, default every={d}, "
+        f"hist_every={h}, hist_bins={DEFAULT_HIST_BINS}"
     )
     head = (
         f"{'model':<10} {'tensors':>7} {'params':>9} {'bare ms':>8} {f'every={d} ms':>12} {'every=1 ms':>11} "
-        f"{f'ovh {d}':>7} {'ovh 1':>7} {'pass ms':>8} {f'pass/{d}':>8} {'hist ms':>8}"
+        f"{f'ovh {d}':>7} {'ovh 1':>7} {'pass ms':>8} {f'pass/{d}':>8} {'hist ms':>8} {'tb ms':>8} {'tb/hist':>7} "
+        f"{f'hist/{h}':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -144,18 +172,22 @@ def main() -> None:
                 rounds[every].append(_time_steps(make, every, args.steps))
         bare, dflt, one = (statistics.median(rounds[k]) for k in (None, d, 1))
         one_pass = _time_pass(make)
-        hist, n = _time_histograms(make)
+        hist, tb, _n = _time_hist_pass(make)
         model = make()[0]
+        n = len(list(model.parameters()))
         numel = sum(p.numel() for p in model.parameters())
         print(
             f"{name:<10} {n:>7} {numel / 1e6:>8.2f}M {bare * 1e3:>8.2f} {dflt * 1e3:>12.2f} {one * 1e3:>11.2f} "
             f"{(dflt / bare - 1) * 100:>6.1f}% {(one / bare - 1) * 100:>6.1f}% {one_pass * 1e3:>8.2f} "
-            f"{one_pass / d / bare * 100:>7.2f}% {hist * 1e3:>8.1f}"
+            f"{one_pass / d / bare * 100:>7.2f}% {hist * 1e3:>8.1f} {tb * 1e3:>8.1f} {tb / hist:>6.1f}× "
+            f"{hist / h / bare * 100:>7.3f}%"
         )
     print(
         "ovh: mean step time with tuimon over bare (includes mon.log and noise); pass: one statistics pass alone; "
-        f"pass/{d}: its cost per step at the default interval, as a share of a bare step; hist: add_histogram "
-        "over every tensor once."
+        f"pass/{d}: its cost per step at the default interval, as a share of a bare step; hist: one histogram "
+        "pass (every weight and gradient, binned by ParamHist on the training thread); tb: "
+        "SummaryWriter.add_histogram for the same tensors in the same run; tb/hist: how much cheaper the pass is; "
+        f"hist/{h}: the pass's cost per step at the default hist_every, as a share of a bare step."
     )
 
 
