@@ -23,7 +23,7 @@ measured, or a column with no sample).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,23 @@ GRAD_STATS = frozenset({"grad_norm", "grad_zero", "grad_max"})
 """Statistics that are not measured where ``has_grad`` is 0, and non-finite where ``grad_nonfinite`` is 1."""
 DEFAULT_CAPACITY = 512
 """History columns per statistic."""
+
+
+def _read_arrays(data: Mapping[str, Any], keys: Iterable[str], n: int) -> dict[str, np.ndarray]:
+    """The named arrays of a record as float64 vectors of length ``n``; empty when any present one does not fit."""
+    arrays: dict[str, np.ndarray] = {}
+    for key in keys:
+        a = data.get(key)
+        if a is None:
+            continue
+        try:
+            a = np.asarray(a, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            return {}
+        if len(a) != n:
+            return {}
+        arrays[key] = a
+    return arrays
 
 
 @dataclass(frozen=True)
@@ -242,19 +259,7 @@ class LayerState(_ColumnHistory):
             False when the record did not match the index (counted in :attr:`mismatched` and ignored).
         """
         p = len(self.params)
-        arrays: dict[str, np.ndarray] = {}
-        for s in LATEST_STATS:
-            a = data.get(s)
-            if a is None:
-                continue
-            try:
-                a = np.asarray(a, dtype=np.float64).ravel()
-            except (TypeError, ValueError):
-                a = None
-            if a is None or len(a) != p:
-                arrays = {}
-                break
-            arrays[s] = a
+        arrays = _read_arrays(data, LATEST_STATS, p)
         if not p or "grad_norm" not in arrays:
             self.mismatched += 1
             self.version += 1
@@ -362,19 +367,7 @@ class ActState(_ColumnHistory):
     def apply_stats(self, step: int | None, data: Mapping[str, Any]) -> bool:
         """Apply one ``act_stats`` record; False (counted in :attr:`mismatched`) when it does not fit the index."""
         m = len(self.modules)
-        arrays: dict[str, np.ndarray] = {}
-        for s in ACT_LATEST:
-            a = data.get(s)
-            if a is None:
-                continue
-            try:
-                a = np.asarray(a, dtype=np.float64).ravel()
-            except (TypeError, ValueError):
-                a = None
-            if a is None or len(a) != m:
-                arrays = {}
-                break
-            arrays[s] = a
+        arrays = _read_arrays(data, ACT_LATEST, m)
         if not m or "mean" not in arrays:
             self.mismatched += 1
             self.version += 1
