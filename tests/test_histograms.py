@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import tuimon_agent
-from tuimon_agent import instruments, protocol
+from tuimon_agent import histograms, protocol
 from tuimon_agent.monitor import DEFAULT_HIST_BINS, DEFAULT_HIST_EVERY
 from tuimon_agent.runfile import RunFileReader
 
@@ -147,7 +147,7 @@ def test_all_non_finite_tensor_and_extremes() -> None:
     model.d = nn.Parameter(torch.tensor([3.0] * 5 + [4.0] * 3))  # values on the edges
     model.b.grad = torch.randn(1000) * 1e30
     got: list[Any] = []
-    h = instruments.ParamHist(
+    h = histograms.ParamHist(
         model,
         torch.optim.SGD(model.parameters(), lr=0.0),
         every=1,
@@ -163,7 +163,7 @@ def test_all_non_finite_tensor_and_extremes() -> None:
         "layers",
         "hist",
     ]  # without ParamStats: the table comes with the first pass
-    d = instruments.hist_payload(*got[1][1])
+    d = histograms.hist_payload(*got[1][1])
     w, g = d["weight"], d["grad"]
     assert (w["nan"][0], w["inf"][0]) == (2, 2)
     assert math.isnan(w["lo"][0]) and math.isnan(w["hi"][0]) and not w["counts"][0].any()

@@ -161,7 +161,7 @@ class Monitor:
                     on_error=self._fail,
                 )
                 if activations and getattr(model, "_orig_mod", None) is None:  # not under torch.compile
-                    from .instruments import ActStats
+                    from .activations import ActStats
 
                     self._acts = ActStats(
                         model,
@@ -171,7 +171,7 @@ class Monitor:
                         on_error=self._fail,
                     )
             if model is not None and optimizer is not None and hist_every > 0:
-                from .instruments import ParamHist
+                from .histograms import ParamHist
 
                 self._hist = ParamHist(
                     model,

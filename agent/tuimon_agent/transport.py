@@ -310,7 +310,7 @@ class AgentThread(threading.Thread):
             elif tag == _ACTS:
                 self._act_stats(step, ts, payload)
             elif tag == _HIST:
-                from .instruments import hist_payload  # torch is imported already: the hook made the buffers
+                from .histograms import hist_payload  # torch is imported already: the hook made the buffers
 
                 bufs, event = payload
                 self._emit(protocol.HISTOGRAMS, step, ts, hist_payload(bufs, event))
@@ -355,7 +355,7 @@ class AgentThread(threading.Thread):
     def _act_stats(self, step: int | None, ts: float, payload: tuple[Any, ...]) -> None:
         """Activation (and input) statistics buffers of one measured forward → ``act_stats`` and ``input_stats``
         records (waiting here for their device-to-host copy)."""
-        from .instruments import act_payloads
+        from .activations import act_payloads
 
         bufs, event, _names, shape = payload
         acts, inputs = act_payloads(bufs, event, shape)

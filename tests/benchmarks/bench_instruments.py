@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import tuimon_agent
-from tuimon_agent import instruments
+from tuimon_agent import histograms, instruments
 from tuimon_agent.monitor import DEFAULT_HIST_BINS, DEFAULT_HIST_EVERY, DEFAULT_STATS_EVERY
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "digits.py"
@@ -118,7 +118,7 @@ def _time_hist_pass(make: Callable[[], Any], reps: int = 5) -> tuple[float, floa
     model, opt, loss_fn = make()
     loss_fn().backward()
     got: list[Any] = []
-    hist = instruments.ParamHist(
+    hist = histograms.ParamHist(
         model,
         opt,
         every=1,
