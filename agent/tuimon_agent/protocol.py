@@ -110,6 +110,18 @@ counted here and left out of ``counts``). A tensor with no gradient (or no finit
 and zero ``counts``."""
 END = "end"
 """The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``."""
+ALERT = "alert"
+"""A diagnosis alert (``tuimon_agent.alerts``), one record each time an alert starts, changes severity, is
+materially updated (at most every ~50 steps while active, or when its evidence moves by a decade) or resolves;
+``step`` is the step of the update. ``d = {"id": str`` (stable: ``rule:scope``, e.g. ``"dead_units:features.1"``),
+``"rule": str`` (``nonfinite``, ``exploding_gradients``, ``vanishing_gradients``, ``loss_divergence``,
+``loss_plateau``, ``overfitting``, ``underfitting``, ``dead_units``, ``saturation``, ``unnormalized_input``,
+``update_ratio``, ``loss_spike``), ``"state": "active" | "resolved"``, ``"severity": "info" | "warning" |
+"critical"``, ``"first_step": int`` (onset), ``"last_step": int`` (latest step with evidence), ``"layers": [str]``
+(parameter or module names, model order, at most 8), ``"metric": str | None`` (the scalar involved, e.g.
+``"loss"``), ``"confidence": float`` (0..1), ``"evidence": {str: float | int | str}`` (the numbers that triggered
+it), ``"message": str`` (one sentence: what, where, since when), ``"remedies": [str]``, ``"actions": [{"command":
+"set_lr" | "set_clip" | ..., "args": {...}, "label": str}]}``. Readers keep the latest record per ``id``."""
 RECORD_KINDS = frozenset(
     {
         HELLO,
@@ -124,6 +136,7 @@ RECORD_KINDS = frozenset(
         INPUT_STATS,
         HISTOGRAMS,
         END,
+        ALERT,
     }
 )
 
