@@ -92,6 +92,8 @@ class Monitor:
             binned on the device after the step; needs both ``model`` and ``optimizer``): ``1`` every step,
             ``0`` off.
         hist_bins: Bins per histogram (1 to 4096).
+        alerts: Run the diagnosis rules (``tuimon_agent.alerts``) on the agent thread and emit ``alert`` records
+            (never on the training thread).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class Monitor:
         activations: bool = True,
         hist_every: int = DEFAULT_HIST_EVERY,
         hist_bins: int = DEFAULT_HIST_BINS,
+        alerts: bool = True,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"invalid queue_size={queue_size!r}: must be an int >= 1")
@@ -191,6 +194,7 @@ class Monitor:
                 publish=publish,
                 commit_interval=commit_interval,
                 hello=hello,
+                alerts=bool(alerts),
             )
             if self._stats is not None:
                 self._stats.install()

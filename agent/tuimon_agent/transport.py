@@ -56,6 +56,8 @@ class RunConfig:
     publish: bool
     commit_interval: float
     hello: dict[str, Any]
+    alerts: bool = True
+    """Run the diagnosis rules (``tuimon_agent.alerts``) on this thread and emit their ``alert`` records."""
 
 
 def _warn(message: str) -> None:
@@ -100,6 +102,12 @@ class AgentThread(threading.Thread):
         self._nonfinite_seen = False
         self._ended = False
         self._outbox: list[tuple[str, bytes]] = []
+        self._diag: Any = None
+        if cfg.alerts:
+            from .alerts import Diagnoser
+
+            self._diag = Diagnoser()
+        self._diagnosing = False
         self.published = 0
         self.ready = threading.Event()
 
@@ -421,6 +429,26 @@ class AgentThread(threading.Thread):
             self._writer.add(
                 rec, body, data.get("values") if kind in (protocol.METRICS, protocol.EVAL) else None
             )
+        if self._diag is not None and not self._diagnosing:
+            self._diagnose(rec)
+
+    def _diagnose(self, rec: protocol.Record) -> None:
+        """Feed one emitted record to the diagnosis rules and emit the ``alert`` records they return (never fed
+        back). A failure of the engine itself turns diagnosis off with one warning and an event."""
+        self._diagnosing = True
+        try:
+            try:
+                out = self._diag.feed(rec)
+            except Exception as exc:
+                self._diag = None
+                msg = f"alert diagnosis is off: {type(exc).__name__}: {exc}; training goes on"
+                _warn(msg)
+                self._emit(protocol.EVENT, rec.step, time.time(), {"what": "diagnosis_off", "message": msg[:500]})
+                return
+            for r in out:
+                self._emit(r.kind, r.step, r.ts, r.data)
+        finally:
+            self._diagnosing = False
 
     def _publish(self) -> None:
         """Send what :meth:`_emit` queued: one PUB message per run of records of one kind (``[topic, body, ...]``),
