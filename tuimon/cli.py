@@ -26,6 +26,7 @@ from tuimon_agent import discovery, protocol
 from tuimon_agent.runfile import RunFileReader
 
 from .runs import RunNotFound, list_runs, resolve
+from .send import add_parser as send_parser
 from .source import FileSource, LiveSource, SourceUpdate
 
 DEMO_BUGS = (
@@ -401,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checks", help="comma-separated subset, in order (default: all)")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
     s.set_defaults(func=cmd_check)
+    send_parser(sub)
     s = sub.add_parser("demo", help="train the demo CNN in a subprocess and watch it")
     s.add_argument("--bug", choices=DEMO_BUGS, default="none", help="inject one pathology (default none)")
     s.add_argument("--steps", type=int, default=3000)
