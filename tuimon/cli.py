@@ -25,6 +25,7 @@ from typing import Any
 from tuimon_agent import discovery, protocol
 from tuimon_agent.runfile import RunFileReader
 
+from .diagnose import add_parser as diagnose_parser
 from .runs import RunNotFound, list_runs, resolve
 from .send import add_parser as send_parser
 from .source import FileSource, LiveSource, SourceUpdate
@@ -403,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the results as JSON")
     s.set_defaults(func=cmd_check)
     send_parser(sub)
+    diagnose_parser(sub)
     s = sub.add_parser("demo", help="train the demo CNN in a subprocess and watch it")
     s.add_argument("--bug", choices=DEMO_BUGS, default="none", help="inject one pathology (default none)")
     s.add_argument("--steps", type=int, default=3000)

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from tuimon_agent import protocol
 
+from .alerts import ALERT, AlertState
 from .layers import ACT_STATS, INPUT_STATS, LAYERS, MODULES, PARAM_STATS, ActState, LayerState
 from .series import CHUNK, Series
 
 EVENTS_KEPT = 200
 """How many of the latest ``event`` records a :class:`RunState` keeps."""
+MARKERS_KEPT = 256
+"""How many of the latest chart markers (alert onsets, applied commands) a :class:`RunState` keeps."""
 
 _STEP_LIMIT = (
     1 << 62
@@ -37,7 +40,18 @@ _EVAL_PREFIXES = ("val_", "eval_", "valid_", "validation_", "test_", "val/", "ev
 _TRAIN_PREFIXES = ("train_", "train/")
 
 
-__all__ = ["CHUNK", "EVENTS_KEPT", "RunState", "Series"]
+__all__ = ["CHUNK", "EVENTS_KEPT", "MARKERS_KEPT", "Marker", "RunState", "Series"]
+
+
+class Marker(NamedTuple):
+    """A vertical marker on the learning-curve chart at one step."""
+
+    step: int
+    """Where it goes."""
+    kind: str
+    """What it is: ``"alert:critical"``, ``"alert:warning"``, ``"alert:info"``, ``"command"``, ..."""
+    label: str
+    """A few words for the legend."""
 
 
 class RunState:
@@ -107,6 +121,12 @@ class RunState:
         self.acts = ActState()
         """Per-module output and input statistics (``modules``, ``act_stats`` and ``input_stats`` records)."""
         # -- end per-layer statistics --
+        # -- alerts (tuimon/alerts.py) and chart markers --
+        self.markers: collections.deque[Marker] = collections.deque(maxlen=MARKERS_KEPT)
+        """Chart markers in the order added, the latest :data:`MARKERS_KEPT` (see :meth:`add_marker`)."""
+        self.alerts = AlertState(on_onset=self.add_marker)
+        """Active and resolved alerts (``alert`` records); onsets become :attr:`markers`."""
+        # -- end alerts --
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         self.heartbeats = 0
@@ -195,6 +215,9 @@ class RunState:
             self._seen(rec.ts, rec.step)
             self.acts.apply_modules(rec.data)
         # -- end per-layer statistics --
+        elif kind == ALERT:
+            self._seen(rec.ts, rec.step)
+            self.alerts.apply(rec.step, rec.data)
         else:
             self.unknown += 1
         return True
@@ -338,6 +361,17 @@ class RunState:
             self.dropped = max(self.dropped, d["dropped"])
         if _is_int(d.get("steps")):
             self.end_steps = d["steps"]
+
+    def add_marker(self, step: int, kind: str, label: str) -> None:
+        """Put a marker on the learning-curve chart (the oldest goes when :data:`MARKERS_KEPT` are held).
+
+        Args:
+            step: The step it marks.
+            kind: ``"alert:<severity>"`` for an alert's onset, ``"command"`` for an applied command, ...
+            label: A few words for the chart's legend.
+        """
+        self.markers.append(Marker(int(step), str(kind), str(label)))
+        self.version += 1
 
     # -- queries ----------------------------------------------------------------------------------------------------
 
