@@ -83,3 +83,78 @@ async def follow(
     except asyncio.CancelledError:
         pass
     return state, seqs, statuses
+
+
+class CommandClient:
+    """A real DEALER on a live run's ROUTER that signs live commands with the run's key (its connection file).
+
+    Args:
+        info: The run's connection info.
+        sender: The sender id the commands carry.
+        key: The signing key (default: the connection file's).
+    """
+
+    def __init__(self, info: discovery.ConnectionInfo, *, sender: str = "test", key: bytes | None = None) -> None:
+        import zmq
+
+        from tuimon_agent import commands
+
+        self.key = key if key is not None else commands.decode_key(info.key)
+        self.sender = sender
+        self.seq = 0
+        self._ctx = zmq.Context()
+        self.sock = self._ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(info.router)
+        self.acks: list[dict] = []
+
+    def make(self, name: str, args: dict | None = None, **overrides: object) -> dict:
+        """A signed command with the next seq; ``overrides`` replace fields after signing (to tamper)."""
+        from tuimon_agent import commands
+
+        self.seq += 1
+        cmd = commands.make_command(self.key, name, args or {}, sender=self.sender, seq=self.seq)
+        cmd.update(overrides)
+        return cmd
+
+    def send_cmd(self, cmd: dict) -> None:
+        """Send a command's fields as a ``command`` request."""
+        from tuimon_agent import protocol
+
+        self.sock.send(protocol.encode_request("command", **cmd))
+
+    def send(self, name: str, args: dict | None = None, **overrides: object) -> dict:
+        """Sign and send a command; returns its fields."""
+        cmd = self.make(name, args, **overrides)
+        self.send_cmd(cmd)
+        return cmd
+
+    def recv(self, timeout: float = 20.0) -> dict:
+        """The next ack's payload."""
+        from tuimon_agent import protocol
+
+        if not self.sock.poll(int(timeout * 1000)):
+            raise AssertionError(f"no ack within {timeout}s")
+        rec = protocol.decode(self.sock.recv())
+        assert rec.kind == "ack", rec
+        self.acks.append(rec.data)
+        return rec.data
+
+    def wait(self, cmd_id: str, status: str, timeout: float = 30.0) -> dict:
+        """Read acks until the one for ``cmd_id`` with ``status`` (failing on a rejection of it)."""
+        deadline = time.monotonic() + timeout
+        for ack in self.acks:
+            if ack.get("id") == cmd_id and ack.get("status") == status:
+                return ack
+        while time.monotonic() < deadline:
+            ack = self.recv(max(0.1, deadline - time.monotonic()))
+            if ack.get("id") == cmd_id and ack.get("status") == status:
+                return ack
+            if ack.get("id") == cmd_id and ack.get("status") == "rejected":
+                raise AssertionError(f"command rejected: {ack}")
+        raise AssertionError(f"no {status} ack for {cmd_id} within {timeout}s")
+
+    def close(self) -> None:
+        """Close the socket and its context."""
+        self.sock.close(0)
+        self._ctx.term()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import discovery, protocol
+from .control_api import ControlMixin
 from .transport import AgentThread, RunConfig
 
 _time = time.time
@@ -62,7 +63,7 @@ def _warn(message: str) -> None:
         pass
 
 
-class Monitor:
+class Monitor(ControlMixin):
     """Publishes a training run's metrics to tuimon viewers and its run file, without slowing down training.
 
     The training thread only appends to a bounded in-memory queue (about a microsecond per :meth:`log`); an agent
@@ -94,6 +95,8 @@ class Monitor:
         hist_bins: Bins per histogram (1 to 4096).
         alerts: Run the diagnosis rules (``tuimon_agent.alerts``) on the agent thread and emit ``alert`` records
             (never on the training thread).
+        scheduler: An LR scheduler (or a list) under which a live ``set_lr`` must persist; schedulers that refer
+            to the optimizer are also found on their own (see ``tuimon_agent.schedulers``).
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class Monitor:
         hist_every: int = DEFAULT_HIST_EVERY,
         hist_bins: int = DEFAULT_HIST_BINS,
         alerts: bool = True,
+        scheduler: Any = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"invalid queue_size={queue_size!r}: must be an int >= 1")
@@ -139,19 +143,24 @@ class Monitor:
         self._stats: Any = None
         self._acts: Any = None
         self._hist: Any = None
+        self._control: Any = None  # live commands (control.py), with an optimizer
         self.run_id = discovery.new_run_id()
         self.name = run or _default_name()
         base = Path(dir if dir is not None else os.environ.get("TUIMON_DIR") or "tuimon-runs")
         self.run_dir = base / self.run_id
         self.run_file: Path | None = (self.run_dir / "run.sqlite").resolve() if persist else None
         if os.environ.get("TUIMON_DISABLE") or (os.environ.get("RANK") not in (None, "", "0")):
-            # Disabled explicitly, or a non-zero torch.distributed rank: only rank 0 talks to viewers.
-            self._closed = True
+            # Disabled explicitly, or a non-zero torch.distributed rank: only rank 0 talks to viewers. A non-zero
+            # rank still applies rank 0's live commands (control_ddp.py): no sockets, no run file.
+            self._closed = os.environ.get("TUIMON_DISABLE") is not None or not self._install_control(
+                model, optimizer, scheduler, hello=None
+            )
             return
         try:
             hello = _hello(self, model, optimizer)
             if optimizer is not None:
                 self._hooks.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+                self._install_control(model, optimizer, scheduler, hello=hello)
             if model is not None and optimizer is not None and stats_every > 0:
                 from .instruments import ParamStats  # imports torch: only when given torch objects
 
@@ -195,6 +204,7 @@ class Monitor:
                 commit_interval=commit_interval,
                 hello=hello,
                 alerts=bool(alerts),
+                control=self._control,
             )
             if self._stats is not None:
                 self._stats.install()
@@ -331,7 +341,7 @@ class Monitor:
         self._hooks.clear()
         if self._thread is None or os.getpid() != self._pid:
             return
-        self._queue.append((_END, self._step, _time(), {"reason": reason}))
+        self._queue.append((_END, self._step, _time(), self._end_payload(reason)))
         self._thread.stop(timeout)
 
     def __enter__(self) -> Monitor:

@@ -31,8 +31,15 @@ ROUTER (agent) ⇐⇒ DEALER (viewer), one body frame per message (DEALER adds a
     ROUTER → [identity] [body: encode({"k": "snapshot", "d": {"records": [bytes, ...], "last_seq": n, "more": bool}})]
 
 A snapshot carries already-encoded record bodies with ``seq > after`` in order, at most ``limit`` of them; ``more``
-says whether the requester should ask again from the last ``seq`` it got. Commands (a later protocol addition) use
-the same socket pair.
+says whether the requester should ask again from the last ``seq`` it got.
+
+Live commands use the same socket pair (``tuimon_agent.commands`` signs and checks them)::
+
+    DEALER → [body: encode_request("command", id=, name=, args=, sender=, seq=, ts=, sig=)]
+    ROUTER → [identity] [body: encode({"k": "ack", "d": {"id", "status": "queued"}})]          (or "rejected", "reason")
+    ROUTER → [identity] [body: encode({"k": "ack", "d": {"id", "status": "applied", "step", "old", "new"}})]
+
+A duplicate of an id already seen is answered with that command's latest ack and never applied again.
 
 Limits: a body larger than :data:`MAX_MESSAGE_BYTES` is rejected before it is unpacked (msgpack then bounds every
 string, array and map by the body's own length), and an array extension must hold exactly the bytes its dtype and
@@ -122,6 +129,21 @@ materially updated (at most every ~50 steps while active, or when its evidence m
 ``"loss"``), ``"confidence": float`` (0..1), ``"evidence": {str: float | int | str}`` (the numbers that triggered
 it), ``"message": str`` (one sentence: what, where, since when), ``"remedies": [str]``, ``"actions": [{"command":
 "set_lr" | "set_clip" | ..., "args": {...}, "label": str}]}``. Readers keep the latest record per ``id``."""
+COMMAND = "command"
+"""A live command the agent received (``tuimon_agent.commands``), one record per request: ``d`` = its fields
+without ``sig`` (``id``, ``name``, ``args``, ``sender``, ``seq``, ``ts``) plus ``"status": "queued" | "rejected"``
+and, when rejected, ``"reason": str``. Also the request kind (viewer → agent) that carries a signed command."""
+ACK = "ack"
+"""The outcome of a live command: ``d = {"id": str, "name": str, "status": "applied" | "rejected", "step": int,
+"old": ..., "new": ..., "reason": str}`` (``reason`` only when rejected); the record's ``step`` is the step at which
+it took effect. ``set_lr``/``set_weight_decay`` acks also carry ``"groups": [int], "old_all": [float]`` (and
+``"new_all"``, ``"schedulers": [str]`` for ``set_lr``), ``checkpoint`` ``"path"``, ``stop`` ``"reason"``. Also the
+ephemeral reply kind (agent → the sender): ``{"id", "status": "queued"}``, ``{"id", "status": "rejected",
+"reason"}``, then ``{"id", "status": "applied", "step", "old", "new", ...}``."""
+COMMANDS = "commands"
+"""The run's custom commands (``@mon.command``), sent again whenever one is registered:
+``d = {"commands": [CommandSpec.to_data(), ...]}`` (the ``hello`` record's ``commands`` field holds those known at
+start)."""
 RECORD_KINDS = frozenset(
     {
         HELLO,
@@ -137,6 +159,9 @@ RECORD_KINDS = frozenset(
         HISTOGRAMS,
         END,
         ALERT,
+        COMMAND,
+        ACK,
+        COMMANDS,
     }
 )
 

@@ -40,11 +40,13 @@ def discover(optimizer: Any) -> list[Any]:
 
     Children of SequentialLR and ChainedScheduler are returned only through their parent.
     """
-    found = [
-        o
-        for o in gc.get_referrers(optimizer)
-        if _is_scheduler(o) and getattr(o, "optimizer", None) is optimizer
-    ]
+    found = []
+    for o in gc.get_referrers(optimizer):
+        # An instance's attributes may be referred to through its __dict__ (Python versions differ).
+        owners = [o] if not isinstance(o, dict) else [r for r in gc.get_referrers(o) if _is_scheduler(r)]
+        for s in owners:
+            if _is_scheduler(s) and getattr(s, "optimizer", None) is optimizer and s not in found:
+                found.append(s)
     children = {id(c) for s in found for c in _children(s)}
     return [s for s in found if id(s) not in children]
 

@@ -56,6 +56,8 @@ class RunConfig:
     publish: bool
     commit_interval: float
     hello: dict[str, Any]
+    control: Any = None
+    """The run's ``control.Controller`` (live commands), or ``None``."""
     alerts: bool = True
     """Run the diagnosis rules (``tuimon_agent.alerts``) on this thread and emit their ``alert`` records."""
 
@@ -102,6 +104,7 @@ class AgentThread(threading.Thread):
         self._nonfinite_seen = False
         self._ended = False
         self._outbox: list[tuple[str, bytes]] = []
+        self._gate: Any = None  # control_gate.CommandGate once the sockets and the key exist
         self._diag: Any = None
         if cfg.alerts:
             from .alerts import Diagnoser
@@ -187,6 +190,17 @@ class AgentThread(threading.Thread):
             run_file=str(cfg.run_file) if cfg.run_file else None,
         )
         discovery.write_connection_file(self._conn, rdir)
+        if cfg.control is not None:
+            from .commands import decode_key
+            from .control_gate import CommandGate
+
+            self._gate = CommandGate(
+                cfg.control,
+                decode_key(self._conn.key),
+                emit=self._emit,
+                reply=self._reply,
+                step_of=lambda: self._counters()[1],
+            )
 
     def _bind_port_pair(self, host: str) -> tuple[str, str]:
         """Bind PUB to a free port P and ROUTER to P+1 (so ``tcp://HOST:P`` alone names the run)."""
@@ -248,6 +262,8 @@ class AgentThread(threading.Thread):
                     if not dict(poller.poll(0)):
                         break
                     self._serve_request()
+            if self._gate is not None:
+                self._gate.poll()
             self._drain()
             now = time.monotonic()
             if self._pending_opt is not None and time.time() - self._pending_opt[1] > 1.0:
@@ -306,7 +322,12 @@ class AgentThread(threading.Thread):
                 self._emit(protocol.EVAL, step, ts, {"values": self._numbers(payload, converted)})
             elif tag == _OPT:
                 self._flush_opt()
-                self._pending_opt = (step, ts, _opt_values(payload))
+                values = _opt_values(payload)
+                if self.cfg.control is not None and self.cfg.control.clip_norms:
+                    from .control_gate import clip_values
+
+                    values.update(clip_values(self.cfg.control, step))
+                self._pending_opt = (step, ts, values)
             elif tag == _CHECK:
                 self._emit(protocol.CHECK, step, ts, payload)
             elif tag == _LAYERS:
@@ -329,7 +350,7 @@ class AgentThread(threading.Thread):
                     protocol.END,
                     step,
                     ts,
-                    {"reason": payload["reason"], "dropped": dropped, "steps": self._step(steps) or 0},
+                    {**payload, "dropped": dropped, "steps": self._step(steps) or 0},
                 )
                 self._ended = True
                 self._commit()
@@ -516,6 +537,8 @@ class AgentThread(threading.Thread):
                 )
                 return
             self._reply(ident, protocol.SNAPSHOT, self._snapshot(after, min(limit, SNAPSHOT_LIMIT)))
+        elif req.kind == protocol.COMMAND and self._gate is not None:
+            self._gate.receive(ident, len(body), req.data)
         else:
             self._reply(ident, protocol.ERROR, {"message": f"unknown request kind {req.kind!r}"})
 

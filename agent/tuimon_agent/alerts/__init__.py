@@ -6,14 +6,20 @@ The rules run on the agent thread (never on the training thread), and again over
 
 from __future__ import annotations
 
+from .activation_rules import ACTIVATION_RULES
 from .base import CRITICAL, INFO, RULE_NAMES, WARNING, Context, Finding, Rule
 from .engine import Diagnoser
+from .gradient_rules import GRADIENT_RULES
+from .input_rules import INPUT_RULES
 from .loss_rules import LOSS_RULES
+from .nonfinite import NonFinite
 
 RULE_CLASSES: list[type[Rule]] = []
 """Every built-in rule class, in the order the engine runs them."""
 
+RULE_CLASSES.extend([NonFinite, *INPUT_RULES])  # causes first: other rules read whether they are active
 RULE_CLASSES.extend(LOSS_RULES)
+RULE_CLASSES.extend([*GRADIENT_RULES, *ACTIVATION_RULES])
 
 
 def default_rules() -> list[Rule]:

@@ -560,3 +560,15 @@ class Hysteresis:
     def reset(self) -> None:
         """Back to off, streaks forgotten."""
         self.on, self.onset, self._streak, self._streak_start = False, None, 0, None
+
+    def force_on(self, step: int) -> bool:
+        """Turn on now, without waiting for ``min_on`` (for evidence strong enough on its own).
+
+        Returns:
+            Whether the state changed.
+        """
+        if self.on:
+            return False
+        onset = self._streak_start if self._streak else step
+        self.on, self.onset, self._streak = True, onset, 0
+        return True

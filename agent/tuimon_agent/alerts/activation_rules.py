@@ -1,0 +1,188 @@
+"""Activation rules: ``dead_units`` (ReLU family) and ``saturation`` (tanh, sigmoid), one alert per module.
+
+Both read the ``dead`` / ``saturated`` fractions of ``act_stats`` records (one sampled training forward every
+``stats_every`` steps). A single batch over-counts dead units (a rarely-active unit can be silent for all of a
+small batch), so the statistic is the **minimum over the last K samples**: a lower bound on the fraction that was
+dead (or saturated) in *every* one of them. ``K = max(3, ceil(256 / batch))`` samples, so that the window spans at
+least 256 inputs whatever the batch size (the batch is the first dimension of the latest ``input_stats``; 32 is
+assumed without it).
+
+``dead_units`` (scope: the activation module's name)
+    On at a sustained dead fraction ``>= 0.6`` (healthy ReLU networks measured: up to ~0.45 in one layer at
+    small batches), ``critical`` at ``>= 0.9``; off at ``<= 0.4`` for 3 samples. Subordinate to
+    ``unnormalized_input``, ``nonfinite``, ``exploding_gradients`` and ``loss_divergence`` (a huge step kills
+    units); while the training loss sits well above where it started (divergence) the alert is ``info``.
+``saturation`` (scope: the activation module's name)
+    On at a sustained saturated fraction (``|y| > 0.99`` for tanh, within 0.01 of 0 or 1 for sigmoid) ``>= 0.5``,
+    ``critical`` at ``>= 0.9``; off at ``<= 0.3`` for 3 samples. Same attribution as ``dead_units``: a diverging
+    run pins tanh units at ±1 as a consequence, not a cause.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import protocol
+from ..protocol import Record
+from .base import CRITICAL, INFO, WARNING, Context, Finding, Hysteresis, Rule, Window
+from .layer_common import RELU_FAMILY, SATURATING, LossTrend, array, fnum
+
+SPAN_INPUTS = 256
+"""Inputs the dead/saturated window spans at least."""
+MIN_SAMPLES = 3
+"""Samples the window holds at least."""
+MAX_SAMPLES = 32
+"""Samples the window holds at most."""
+DEFAULT_BATCH = 32
+"""Batch size assumed when no ``input_stats`` says it."""
+
+
+class _FractionRule(Rule):
+    """A per-module rule on one fraction field of ``act_stats`` (see the subclasses)."""
+
+    field = ""
+    types: frozenset[str] = frozenset()
+    on_at = 0.5
+    off_at = 0.3
+    critical_at = 0.9
+    kinds = frozenset({protocol.ACT_STATS, protocol.INPUT_STATS, protocol.METRICS})
+    subordinate_to = frozenset({"unnormalized_input", "nonfinite", "exploding_gradients", "loss_divergence"})
+
+    def __init__(self) -> None:
+        self.windows: dict[str, Window] = {}
+        self.states: dict[str, Hysteresis] = {}
+        self.batch = DEFAULT_BATCH
+        self.loss = LossTrend()
+
+    def _k(self) -> int:
+        return int(min(MAX_SAMPLES, max(MIN_SAMPLES, math.ceil(SPAN_INPUTS / max(1, self.batch)))))
+
+    def feed(self, record: Record, ctx: Context) -> list[Finding] | None:
+        """Read one ``metrics``, ``input_stats`` or ``act_stats`` record."""
+        step = record.step
+        if step is None:
+            return None
+        if record.kind == protocol.METRICS:
+            self.loss.add(ctx.loss_value(record), step)
+            return None
+        if record.kind == protocol.INPUT_STATS:
+            shape = record.data.get("shape")
+            if isinstance(shape, list) and len(shape) >= 2 and isinstance(shape[0], int) and shape[0] > 0:
+                self.batch = shape[0]
+            return None
+        values = array(record.data, self.field, len(ctx.modules) or None)
+        if values is None:
+            return None
+        k = self._k()
+        out: list[Finding] = []
+        for i, m in enumerate(ctx.modules):
+            if m.get("type") not in self.types:
+                continue
+            name = str(m.get("name", f"#{i}"))
+            v = float(values[i])
+            w = self.windows.get(name)
+            if w is None:
+                w = self.windows[name] = Window(MAX_SAMPLES)
+                self.states[name] = Hysteresis(self.on_at, self.off_at, min_on=1, min_off=3)
+            if not math.isfinite(v):
+                continue  # module not called in this forward
+            w.add(v, step)
+            st = self.states[name]
+            if len(w) < k:
+                continue
+            recent = w.array()[-k:]
+            low = float(recent.min())
+            changed = st.update(low, step)
+            if st.on:
+                onset = int(w.steps()[-k]) if changed else (st.onset if st.onset is not None else step)
+                if changed:
+                    st.onset = onset
+                out.append(self._finding(name, str(m.get("type")), step, onset, low, float(recent.mean()), k))
+            elif changed:
+                out.append(self.resolved(name, step))
+        return out or None
+
+    def _finding(
+        self, name: str, mtype: str, step: int, onset: int, low: float, mean: float, k: int
+    ) -> Finding:
+        raise NotImplementedError
+
+    def _severity(self, low: float) -> tuple[str, dict[str, str]]:
+        if self.loss.rising():
+            return INFO, {"caused_by": "loss_rising"}
+        return (CRITICAL if low >= self.critical_at else WARNING), {}
+
+
+class DeadUnits(_FractionRule):
+    """A large fraction of a ReLU-family layer's units output zero for every input, sample after sample."""
+
+    name = "dead_units"
+    field = "dead"
+    types = RELU_FAMILY
+    on_at = 0.6
+    off_at = 0.4
+
+    def _finding(
+        self, name: str, mtype: str, step: int, onset: int, low: float, mean: float, k: int
+    ) -> Finding:
+        severity, extra = self._severity(low)
+        return self.active(
+            name,
+            step,
+            severity=severity,
+            first_step=onset,
+            layers=[name],
+            confidence=min(1.0, 0.5 + (low - self.on_at) / (2 * (1 - self.on_at) or 1)),
+            evidence={"dead": round(low, 3), "dead_mean": round(mean, 3), "samples": k, **extra},
+            message=(
+                f"{fnum(low * 100, 2)}% of the units of {name} ({mtype}) output 0 for every input "
+                f"since step {onset}: they are dead and no longer learn."
+            ),
+            remedies=[
+                "Lower the learning rate: one large step can push units into the dead zone for good.",
+                "Use LeakyReLU, ELU or GELU instead of ReLU.",
+                "Use Kaiming/He initialization and small positive (or zero) biases.",
+                "Normalize the inputs and add normalization layers (BatchNorm, LayerNorm) before the activation.",
+            ],
+            actions=[],
+        )
+
+
+class Saturation(_FractionRule):
+    """A large fraction of a tanh or sigmoid layer's outputs sit at the bounds, sample after sample."""
+
+    name = "saturation"
+    field = "saturated"
+    types = SATURATING
+    on_at = 0.5
+    off_at = 0.3
+
+    def _finding(
+        self, name: str, mtype: str, step: int, onset: int, low: float, mean: float, k: int
+    ) -> Finding:
+        severity, extra = self._severity(low)
+        bounds = "±1" if mtype == "Tanh" else "0 or 1"
+        return self.active(
+            name,
+            step,
+            severity=severity,
+            first_step=onset,
+            layers=[name],
+            confidence=min(1.0, 0.5 + (low - self.on_at) / (2 * (1 - self.on_at) or 1)),
+            evidence={"saturated": round(low, 3), "saturated_mean": round(mean, 3), "samples": k, **extra},
+            message=(
+                f"{fnum(low * 100, 2)}% of the outputs of {name} ({mtype}) sit at {bounds} since step {onset}: "
+                "their gradients are nearly zero."
+            ),
+            remedies=[
+                "Use a scaled initialization (Xavier/Glorot for tanh and sigmoid): the pre-activations are too large.",
+                "Normalize the inputs and add normalization layers (BatchNorm, LayerNorm) before the activation.",
+                "Use ReLU-family activations (ReLU, LeakyReLU, GELU) in hidden layers.",
+                "Lower the learning rate if the saturation grew during training.",
+            ],
+            actions=[],
+        )
+
+
+ACTIVATION_RULES: list[type[Rule]] = [DeadUnits, Saturation]
+"""The activation rule classes, in the order the engine runs them."""

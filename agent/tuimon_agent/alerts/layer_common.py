@@ -1,0 +1,166 @@
+"""What the per-layer rules share: which tensors are comparable weights, the loss trend, and array reading.
+
+The per-layer rules (:mod:`.nonfinite`, :mod:`.gradient_rules`, :mod:`.activation_rules`, :mod:`.input_rules`)
+compare like with like: gradient and update statistics are read only for *weight matrices* (tensors of two or more
+dimensions whose module is not an embedding or a normalization layer), because biases, norm-layer gains and
+embedding tables (sparse rows) live on other scales. :class:`LossTrend` tells a rule whether the training loss has
+converged or has risen well above where it started, so a rule can attribute what it sees to a loss-curve cause.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .base import Context, Window
+
+EMBEDDING_TYPES = frozenset({"Embedding", "EmbeddingBag"})
+"""Module types whose weights are lookup tables (sparse gradients, per-row updates)."""
+NORM_TYPES = frozenset(
+    {
+        "BatchNorm1d",
+        "BatchNorm2d",
+        "BatchNorm3d",
+        "SyncBatchNorm",
+        "LayerNorm",
+        "GroupNorm",
+        "InstanceNorm1d",
+        "InstanceNorm2d",
+        "InstanceNorm3d",
+        "RMSNorm",
+        "LocalResponseNorm",
+    }
+)
+"""Normalization module types (their gains and shifts are not weight matrices)."""
+RELU_FAMILY = frozenset({"ReLU", "ReLU6", "LeakyReLU"})
+"""Module types whose ``act_stats`` carry a dead-unit fraction."""
+SATURATING = frozenset({"Tanh", "Sigmoid"})
+"""Module types whose ``act_stats`` carry a saturated fraction."""
+
+
+def fnum(x: float, digits: int = 3) -> str:
+    """A number for a message: ``3.2e-05``, ``0.021``, ``1.5e+03``."""
+    return f"{x:.{digits}g}"
+
+
+class WeightIndex:
+    """The columns of ``param_stats`` arrays that hold weight matrices, recomputed when the layer index changes.
+
+    Args:
+        ctx: The diagnosis context (its ``params`` list is read).
+    """
+
+    def __init__(self) -> None:
+        self._key: int | None = None
+        self.columns: np.ndarray = np.zeros(0, dtype=np.int64)
+        """Indices of the weight matrices, in model order."""
+        self.names: list[str] = []
+        """Their parameter names."""
+        self.sqrt_numel: np.ndarray = np.zeros(0)
+        """``sqrt(numel)`` of each, to turn an L2 norm into an RMS."""
+        self.n_params = 0
+        """How many parameters the layer index lists (the expected array length)."""
+        self.has_embedding = False
+        """Whether the model has an embedding table (its input is then probably token ids)."""
+        self.first_is_embedding = False
+        """Whether the first parameter in model order belongs to an embedding."""
+
+    def update(self, ctx: Context) -> None:
+        """Recompute from ``ctx.params`` when the layer index changed since the last call."""
+        if self._key == id(ctx.params):
+            return
+        self._key = id(ctx.params)
+        cols, names, sizes = [], [], []
+        for i, p in enumerate(ctx.params):
+            shape = p.get("shape")
+            mtype = str(p.get("module_type", ""))
+            numel = p.get("numel")
+            if (
+                not isinstance(shape, list)
+                or len(shape) < 2
+                or mtype in EMBEDDING_TYPES
+                or mtype in NORM_TYPES
+            ):
+                continue
+            if not isinstance(numel, int) or numel < 1:
+                continue
+            cols.append(i)
+            names.append(str(p.get("name", f"#{i}")))
+            sizes.append(math.sqrt(numel))
+        self.columns = np.asarray(cols, dtype=np.int64)
+        self.names = names
+        self.sqrt_numel = np.asarray(sizes, dtype=np.float64)
+        self.n_params = len(ctx.params)
+        types = [str(p.get("module_type", "")) for p in ctx.params]
+        self.has_embedding = any(t in EMBEDDING_TYPES for t in types)
+        self.first_is_embedding = bool(types) and types[0] in EMBEDDING_TYPES
+
+
+def array(data: dict[str, Any], key: str, n: int | None = None) -> np.ndarray | None:
+    """A numeric array field of a record payload as float64, or ``None`` when missing or of the wrong length.
+
+    Args:
+        data: The record payload.
+        key: The field.
+        n: The length it must have (``None``: any).
+    """
+    v = data.get(key)
+    if v is None:
+        return None
+    try:
+        a = np.asarray(v, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    if n is not None and len(a) != n:
+        return None
+    return a
+
+
+class LossTrend:
+    """The training loss's level at the start of the run and recently, from ``metrics`` records.
+
+    ``early`` is the lower quartile of the first :attr:`EARLY` finite losses (a run that diverges from its
+    first steps must not set its own reference); ``recent`` the median of the last :attr:`RECENT` of them.
+    """
+
+    EARLY = 5
+    RECENT = 20
+
+    def __init__(self) -> None:
+        self._early: list[float] = []
+        self._recent = Window(self.RECENT)
+
+    def add(self, loss: float | None, step: int) -> None:
+        """Add one training-loss value (``None`` and non-finite values are ignored)."""
+        if loss is None or not math.isfinite(loss):
+            return
+        if len(self._early) < self.EARLY:
+            self._early.append(loss)
+        self._recent.add(loss, step)
+
+    @property
+    def known(self) -> bool:
+        """Whether enough losses were seen to say anything."""
+        return len(self._early) >= 3
+
+    @property
+    def early(self) -> float:
+        """The early level (NaN until known)."""
+        return float(np.quantile(self._early, 0.25)) if self.known else math.nan
+
+    @property
+    def recent(self) -> float:
+        """The recent level (NaN until known)."""
+        return self._recent.median() if self.known else math.nan
+
+    def rising(self) -> bool:
+        """Whether the recent loss is well above the early one (by more than half its size): divergence."""
+        e, r = self.early, self.recent
+        return self.known and e != 0 and r - e > 0.5 * abs(e)
+
+    def converged(self) -> bool:
+        """Whether the recent loss fell below half the early one (learning is happening or done)."""
+        e, r = self.early, self.recent
+        return self.known and e > 0 and r < 0.5 * e
