@@ -110,9 +110,10 @@ class CommandGate:
             return
         self._record_command(fields, "queued", None)
         self._remember(cmd_id, {"id": cmd_id, "status": "queued"})
-        self._reply(to, ACK, {"id": cmd_id, "status": "queued"})
+        # Queued before the ack says so: a sender that steps as soon as it reads "queued" gets it at that step.
         self.control.pending.append((cmd_id, fields["name"], args, to))
         self.control.wake.set()
+        self._reply(to, ACK, {"id": cmd_id, "status": "queued"})
 
     def _reject(self, to: Any, cmd_id: str | None, fields: dict[str, Any], exc: CommandRejected) -> None:
         reason = str(exc)
