@@ -20,6 +20,7 @@ from tuimon_agent.discovery import ConnectionInfo
 
 from .messages import SourceUpdated
 from .screens import ChecksScreen, HelpScreen, LayersScreen, OverviewScreen, PickRun
+from .screens.alert_detail import AlertDetail
 from .source import Source, SourceUpdate
 from .state import RunState
 
@@ -154,7 +155,7 @@ class TuimonApp(App[None]):
         label = self.source.label if self.source is not None else "a run"
         self.overview.update(self.state, status=self.display_status, label=label, notice=self.notice)
         for screen in self.screen_stack:  # the checks and layers screens, also while the help covers them
-            if isinstance(screen, (ChecksScreen, LayersScreen)):
+            if isinstance(screen, (ChecksScreen, LayersScreen, AlertDetail)):
                 screen.update(self.state)
 
     def action_help(self) -> None:

@@ -7,6 +7,7 @@ Dataclass :class:`~textual.message.Message` subclasses with a one-line docstring
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from textual.message import Message
 
@@ -34,3 +35,24 @@ class MetricSelected(Message):
     def can_replace(self, message: Message) -> bool:
         # Holding ↓ makes a burst of selections; only the newest one still queued matters.
         return isinstance(message, MetricSelected)
+
+
+@dataclass
+class AlertChosen(Message):
+    """The user chose an alert in the alert panel (Enter): its detail screen should open."""
+
+    alert_id: str | None
+    """The alert's id; ``None`` to open the detail screen at the most severe active alert (or the history)."""
+
+
+@dataclass
+class AlertActionRequested(Message):
+    """The user pressed ``a`` on an alert's suggested action (bubbles to the app; a handler calls ``stop()``)."""
+
+    alert_id: str
+    """The alert's id (``rule:scope``)."""
+    action: dict[str, Any]
+    """The action as the alert record has it: ``{"command": str, "args": dict, "label": str}``."""
+
+    def can_replace(self, message: Message) -> bool:
+        return False

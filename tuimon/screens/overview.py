@@ -13,13 +13,17 @@ from textual.geometry import Size
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from ..messages import MetricSelected
+from ..messages import AlertChosen, MetricSelected
 from ..state import RunState
-from ..widgets import MetricChart, MetricList, NoticeBar, RunHeader, RunInfo
+from ..widgets import AlertPanel, MetricChart, MetricList, NoticeBar, RunHeader, RunInfo
 from ..widgets.checks_table import count_verdicts, verdict_counts_markup
+from .alert_detail import AlertDetail, AlertJump
+from .layers import LayersScreen
 
 MIN_WIDTH = 60
 MIN_HEIGHT = 15
+ALERT_LIST_HEIGHT = 28
+"""From this terminal height up, the alert panel lists the active alerts; below it, it is a one-line badge."""
 
 
 class OverviewScreen(Screen[None]):
@@ -37,6 +41,7 @@ class OverviewScreen(Screen[None]):
         Binding("l", "toggle_log", "Log y"),
         Binding("up,k", "move(-1)", "Metric ↑", show=False),
         Binding("down,j", "move(1)", "Metric ↓", show=False),
+        Binding("A", "alerts", "Alerts"),
     ]
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
@@ -54,6 +59,7 @@ class OverviewScreen(Screen[None]):
                 yield MetricList(id="metrics")
                 yield RunInfo(id="info")
             yield MetricChart(id="chart")
+        yield AlertPanel(id="alerts")
         yield Static("waiting…", id="waiting")
         yield Static("", id="too-small")
         yield Footer()
@@ -70,6 +76,9 @@ class OverviewScreen(Screen[None]):
     def _check_size(self, size: Size) -> None:
         small = size.width < MIN_WIDTH or size.height < MIN_HEIGHT
         self.set_class(small, "-too-small")
+        panel = self.query_one(AlertPanel)
+        panel.compact = size.height < ALERT_LIST_HEIGHT
+        panel.max_rows = 3 if size.height < 40 else 6
         if small:
             self.query_one("#too-small", Static).update(
                 f"terminal too small: need at least {MIN_WIDTH}×{MIN_HEIGHT}, have {size.width}×{size.height}"
@@ -93,6 +102,7 @@ class OverviewScreen(Screen[None]):
             run_file=run_file if isinstance(run_file, str) else None,
         )
         self._show_check_counts(state)
+        self.query_one(AlertPanel).update(state.alerts)
         metrics = self.query_one(MetricList)
         metrics.update(state)
         self.query_one(RunInfo).update(state)
@@ -130,7 +140,7 @@ class OverviewScreen(Screen[None]):
             chart.update(None, None)
             return
         ev = state.eval_for(metric) if metric in state.train else None
-        chart.update(metric, state.series(metric), ev)
+        chart.update(metric, state.series(metric), ev, markers=state.markers)
 
     @on(MetricSelected)
     def _selected(self, message: MetricSelected) -> None:
@@ -149,3 +159,55 @@ class OverviewScreen(Screen[None]):
     def action_move(self, delta: int) -> None:
         """Select the previous or next metric, whatever has focus."""
         self.query_one(MetricList).action_move(delta)
+
+    # -- alerts (widgets/alert_panel.py, screens/alert_detail.py) --
+
+    def action_alerts(self) -> None:
+        """Focus the alert panel (or give the focus back to the metrics); open the alerts when it is a badge."""
+        panel = self.query_one(AlertPanel)
+        if panel.has_focus:
+            self.query_one(MetricList).focus()
+        elif panel.compact or not panel.alerts:
+            self.open_alert(None)
+        else:
+            panel.focus()
+
+    @on(AlertChosen)
+    def _alert_chosen(self, message: AlertChosen) -> None:
+        self.open_alert(message.alert_id)
+
+    def open_alert(self, alert_id: str | None) -> None:
+        """Open the alert detail screen at ``alert_id`` (``None``: the most severe active alert, else the history).
+
+        Args:
+            alert_id: The alert to show first.
+        """
+        state = self._state or RunState()
+        if not len(state.alerts) and not state.alerts.history:
+            self.notify("no alerts: the diagnosis rules have found nothing wrong", timeout=3)
+            return
+        self.app.push_screen(AlertDetail(state, alert_id), self._alert_jump)
+
+    def _alert_jump(self, jump: AlertJump | None) -> None:
+        """Go where the detail screen asked: the chart at the onset, or the layers heatmap at the layer."""
+        if jump is None:
+            return
+        state = self._state or RunState()
+        if jump.target == "layers":
+            layers = LayersScreen(state)
+            self.app.push_screen(layers)
+            layers.show_layer(jump.name or "", jump.step, jump.stat)
+            return
+        metrics = self.query_one(MetricList)
+        name = jump.name
+        if name is not None and name not in metrics.names:
+            # An eval metric is charted with its train twin: find the train name it pairs with.
+            series = state.series(name)
+            name = next(
+                (n for n in metrics.names if series is not None and state.eval_for(n) is series), None
+            )
+        if name is not None and name in metrics.names:
+            metrics.selected = name
+        chart = self.query_one(MetricChart)
+        self._chart(metrics.selected)
+        chart.mark_step(metrics.selected, jump.step)

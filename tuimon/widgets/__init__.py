@@ -1,5 +1,6 @@
 """The viewer's widgets, one per module."""
 
+from .alert_panel import AlertPanel
 from .check_details import CheckDetails
 from .checks_table import ChecksTable
 from .grad_heatmap import GradHeatmap
@@ -12,6 +13,7 @@ from .run_header import RunHeader
 from .run_info import RunInfo
 
 __all__ = [
+    "AlertPanel",
     "CheckDetails",
     "ChecksTable",
     "GradHeatmap",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -14,6 +15,7 @@ from textual.timer import Timer
 from textual_plotext import PlotextPlot
 
 from ..series import Series
+from ..state import Marker
 from ._plot_math import EMA_WEIGHT, ema, log_ticks, nice_ticks, step_label
 from ._style_cache import CachedComponentStyles
 
@@ -25,6 +27,19 @@ RAW_COLOR = (138, 138, 138)
 """xterm-256 colour 245: the unsmoothed mean, drawn faintly under the smoothed line."""
 EVAL_COLOR = (255, 135, 0)
 """xterm-256 colour 208: the eval series."""
+MARKER_STYLES: dict[str, tuple[tuple[int, int, int], str]] = {
+    "alert:critical": ((255, 0, 0), "critical"),
+    "alert:warning": ((255, 215, 0), "warning"),
+    "alert:info": ((95, 135, 255), "info"),
+    "command": ((175, 95, 255), "command"),
+}
+"""Colour and legend label of each marker kind (``RunState.markers``); other kinds are grey and unlabelled."""
+OTHER_MARKER_COLOR = (128, 128, 128)
+"""A marker of a kind :data:`MARKER_STYLES` does not know."""
+MARK_COLOR = (255, 255, 255)
+"""The step :meth:`MetricChart.mark_step` marked (an alert's onset the user jumped to)."""
+MAX_MARKERS = 32
+"""Markers drawn at most (the latest ones in view): each is a line over the whole plot."""
 CPU_BUDGET = 0.04
 """While data streams in, rebuilds are spaced so that they take at most about this share of one core."""
 _BUILD_OVERHEAD = (
@@ -97,6 +112,10 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
         self._ylo = self._yhi = math.nan
         self._series: Series | None = None
         self._eval: Series | None = None
+        self._markers: Sequence[Marker] = ()
+        self._mark: tuple[str, int] | None = None
+        self.markers_drawn: list[Marker] = []
+        """The markers the last build drew (tests read it)."""
         self.updates = 0
         """How many times :meth:`update` ran (tests use it to check the repaint rate)."""
         self.renders = 0
@@ -107,17 +126,27 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
         """The chart's title (the metric and the display modes)."""
         return self._title
 
-    def update(self, metric: str | None, series: Series | None, eval_series: Series | None = None) -> None:
+    def update(
+        self,
+        metric: str | None,
+        series: Series | None,
+        eval_series: Series | None = None,
+        *,
+        markers: Sequence[Marker] = (),
+    ) -> None:
         """Chart a metric.
 
         Args:
             metric: Its name (``None``: nothing selected yet).
             series: Its series.
             eval_series: Its eval counterpart, if any.
+            markers: Vertical markers (``RunState.markers``); those in the charted step range are drawn, the
+                latest :data:`MAX_MARKERS` of them.
         """
         self.updates += 1
         same = (metric, series, eval_series) == (self.metric, self._series, self._eval)
         self.metric, self._series, self._eval = metric, series, eval_series
+        self._markers = markers
         self._set_titles()
         if not same or time.monotonic() - self._built_at >= self.min_interval:
             self._redraw()
@@ -125,6 +154,22 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
             self._pending = self.set_timer(
                 self._built_at + self.min_interval - time.monotonic(), self._redraw
             )
+
+    @property
+    def marked_step(self) -> int | None:
+        """The step :meth:`mark_step` marked, while the chart shows that metric."""
+        return self._mark[1] if self._mark is not None and self._mark[0] == self.metric else None
+
+    def mark_step(self, metric: str | None, step: int | None) -> None:
+        """Mark one step of one metric's chart with a bright line (an alert's onset the user jumped to).
+
+        Args:
+            metric: The metric whose chart shows the mark (it goes when another metric is charted).
+            step: The step; ``None`` removes the mark.
+        """
+        self._mark = (metric, step) if metric is not None and step is not None else None
+        self._set_titles()
+        self._redraw()
 
     def _redraw(self) -> None:
         if self._pending is not None:
@@ -162,7 +207,31 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
         legend = f"[{_rgb(MEAN_COLOR)}]━[/] {metric}"
         if self._eval is not None:
             legend += f"  [{_rgb(EVAL_COLOR)}]◆[/] {self._eval.name}"
+        self.markers_drawn = self._visible_markers()
+        kinds = {m.kind for m in self.markers_drawn}
+        onsets = [
+            f"[{_rgb(c)}]│[/]{label}"
+            for k, (c, label) in MARKER_STYLES.items()
+            if k in kinds and k[:6] == "alert:"
+        ]
+        if onsets:
+            legend += "  alerts " + " ".join(onsets)
+        if "command" in kinds:
+            legend += f"  [{_rgb(MARKER_STYLES['command'][0])}]│[/]{MARKER_STYLES['command'][1]}"
+        if self.marked_step is not None:
+            parts.append(f"[{_rgb(MARK_COLOR)}]│[/] step {self.marked_step}")
         return " · ".join(parts), legend
+
+    def _visible_markers(self) -> list[Marker]:
+        """The markers within the charted step range, the latest :data:`MAX_MARKERS` of them."""
+        series = self._series
+        if not self._markers or series is None or series.first_step is None or series.last_step is None:
+            return []
+        lo, hi = series.first_step, series.last_step
+        if self._eval is not None and self._eval.last_step is not None:
+            hi = max(hi, self._eval.last_step)
+        shown = [m for m in self._markers if lo <= m.step <= hi]
+        return shown[-MAX_MARKERS:]
 
     def _empty(self, note: str) -> RenderResult:
         style = self.component_style("metric-chart--empty")
@@ -190,6 +259,10 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
             hi = max(hi, float(self._eval.last_step))
         ticks = nice_ticks(lo, hi, max(2, width // 14))
         plt.xticks(ticks, [step_label(t) for t in ticks])
+        for m in self.markers_drawn:  # first, so that the lines are drawn over them
+            plt.vline(m.step, MARKER_STYLES.get(m.kind, (OTHER_MARKER_COLOR, ""))[0])
+        if self.marked_step is not None and lo <= self.marked_step <= hi:
+            plt.vline(self.marked_step, MARK_COLOR)
         if self.smoothing:
             self._line(x, means, RAW_COLOR)
             self._line(x, ema(means), MEAN_COLOR)
