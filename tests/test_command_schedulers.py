@@ -37,7 +37,10 @@ MATRIX: dict[str, Callable[[Any, float], Any]] = {
     ),
     "SequentialLR-after-milestone": lambda o, f: S.SequentialLR(
         o,
-        [S.LinearLR(o, start_factor=0.1, total_iters=16), S.CosineAnnealingLR(o, T_max=10, eta_min=0.002 * f)],
+        [
+            S.LinearLR(o, start_factor=0.1, total_iters=16),
+            S.CosineAnnealingLR(o, T_max=10, eta_min=0.002 * f),
+        ],
         milestones=[16],
     ),
     "ReduceLROnPlateau": lambda o, f: S.ReduceLROnPlateau(o, factor=0.5, patience=1, min_lr=0.004 * f),
@@ -137,7 +140,9 @@ def test_one_group_change_leaves_the_other_groups_schedule(tmp_path: Path) -> No
     a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
     opt = torch.optim.SGD([{"params": a.parameters()}, {"params": b.parameters(), "lr": 0.05}], lr=0.1)
     sched = S.StepLR(opt, step_size=4, gamma=0.5)
-    mon = tuimon_agent.watch(torch.nn.Sequential(a, b), opt, run="g", dir=tmp_path, stats_every=0, hist_every=0)
+    mon = tuimon_agent.watch(
+        torch.nn.Sequential(a, b), opt, run="g", dir=tmp_path, stats_every=0, hist_every=0
+    )
     client = _client(mon)
     try:
         for step in range(1, 11):
@@ -162,7 +167,9 @@ def test_one_group_change_leaves_the_other_groups_schedule(tmp_path: Path) -> No
 def test_discover_finds_schedulers_and_sequential_children_through_the_parent() -> None:
     model, opt = _model_opt(0.1)
     step = S.StepLR(opt, 3)
-    seq = S.SequentialLR(opt, [S.LinearLR(opt, 0.5, total_iters=2), S.ExponentialLR(opt, 0.9)], milestones=[2])
+    seq = S.SequentialLR(
+        opt, [S.LinearLR(opt, 0.5, total_iters=2), S.ExponentialLR(opt, 0.9)], milestones=[2]
+    )
     found = schedulers.discover(opt)
     assert {id(s) for s in found} == {id(step), id(seq)}
     other_model, other_opt = _model_opt(0.1)

@@ -37,7 +37,9 @@ class Run:
             lr=0.001,
             weight_decay=0.01,
         )
-        self.mon = tuimon_agent.watch(self.model, self.opt, run="sec", dir=tmp_path, stats_every=0, hist_every=0)
+        self.mon = tuimon_agent.watch(
+            self.model, self.opt, run="sec", dir=tmp_path, stats_every=0, hist_every=0
+        )
         (self.info,) = [i for i in discovery.live_runs(clean=False) if i.run_id == self.mon.run_id]
         self.x, self.y = torch.randn(32, 6), torch.randn(32, 1)
 
@@ -84,7 +86,14 @@ def _signed(key: bytes, **fields: Any) -> dict[str, Any]:
 
 
 def _fields(**over: Any) -> dict[str, Any]:
-    base = {"id": "f" * 32, "name": "set_lr", "args": {"value": 0.5}, "sender": "x", "seq": 1, "ts": time.time()}
+    base = {
+        "id": "f" * 32,
+        "name": "set_lr",
+        "args": {"value": 0.5},
+        "sender": "x",
+        "seq": 1,
+        "ts": time.time(),
+    }
     base.update(over)
     return base
 
@@ -165,7 +174,9 @@ def test_duplicate_delivery_is_applied_exactly_once(run: Run, client: CommandCli
     run.train(3)
     applied = client.wait(cmd["id"], "applied")
     assert applied["step"] == 3 and applied["old"] == pytest.approx(lr0)
-    client.send_cmd(cmd)  # delivered again after it was applied: the latest ack comes back, nothing re-applied
+    client.send_cmd(
+        cmd
+    )  # delivered again after it was applied: the latest ack comes back, nothing re-applied
     again = client.recv()
     assert again["status"] == "applied" and again["step"] == 3
     run.train(3)
