@@ -32,6 +32,8 @@ _MODULES = 7
 _ACTS = 8
 _HIST = 9
 _ENQUEUE_TAGS = {"layers": _LAYERS, "stats": _STATS, "modules": _MODULES, "acts": _ACTS, "hist": _HIST}
+_PROBE = 20  # feature maps of the probe input (probe.py); numbered apart from the tags above
+_ENQUEUE_TAGS["probe"] = _PROBE
 
 DEFAULT_QUEUE = 100_000
 
@@ -50,6 +52,10 @@ step averages 0.2-0.3 % of a step there (0.01 % on the demo CNN); 5-7× cheaper 
 ``SummaryWriter.add_histogram`` for the same tensors. Not yet measured on a GPU."""
 DEFAULT_HIST_BINS = 32
 """Bins per histogram (``watch(..., hist_bins=N)``)."""
+DEFAULT_PROBE_EVERY = 500
+"""Optimizer steps between two feature-map passes on the probe input (``watch(..., probe=x, probe_every=N)``): one
+eval-mode forward of a batch of one plus a few small kernels per captured layer; measured in
+``tests/benchmarks/bench_probe.py``."""
 
 _live: weakref.WeakSet[Monitor] = weakref.WeakSet()
 _hooks_installed = False
@@ -97,6 +103,13 @@ class Monitor(ControlMixin):
             (never on the training thread).
         scheduler: An LR scheduler (or a list) under which a live ``set_lr`` must persist; schedulers that refer
             to the optimizer are also found on their own (see ``tuimon_agent.schedulers``).
+        probe: A fixed input (one sample, or a batch whose first sample is used) whose feature maps are recorded
+            every ``probe_every`` optimizer steps (``feature_maps`` records; needs ``model`` and ``optimizer``).
+            ``None`` (default): off. See ``tuimon_agent.probe.ProbeMaps`` for how training is left untouched.
+        probe_every: Optimizer steps between two probe passes (the first is at the first step); ``0`` off.
+        probe_layers: Module names whose outputs are captured (default: up to four Conv2d layers, each as seen
+            after its activation module).
+        probe_channels: Leading channels kept per layer (1 to 64), or a list of channel indices.
     """
 
     def __init__(
@@ -117,6 +130,10 @@ class Monitor(ControlMixin):
         hist_bins: int = DEFAULT_HIST_BINS,
         alerts: bool = True,
         scheduler: Any = None,
+        probe: Any = None,
+        probe_every: int = DEFAULT_PROBE_EVERY,
+        probe_layers: Any = None,
+        probe_channels: Any = 8,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"invalid queue_size={queue_size!r}: must be an int >= 1")
@@ -128,6 +145,8 @@ class Monitor(ControlMixin):
             raise ValueError(f"invalid hist_every={hist_every!r}: must be an int >= 0 (0: off)")
         if isinstance(hist_bins, bool) or not isinstance(hist_bins, int) or not 1 <= hist_bins <= 4096:
             raise ValueError(f"invalid hist_bins={hist_bins!r}: must be an int from 1 to 4096")
+        if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 0:
+            raise ValueError(f"invalid probe_every={probe_every!r}: must be an int >= 0 (0: off)")
         self._off = True  # nothing is accepted until the agent thread exists
         self._closed = False
         self._failed = False
@@ -144,6 +163,7 @@ class Monitor(ControlMixin):
         self._acts: Any = None
         self._hist: Any = None
         self._control: Any = None  # live commands (control.py), with an optimizer
+        self._probe: Any = None
         self.run_id = discovery.new_run_id()
         self.name = run or _default_name()
         base = Path(dir if dir is not None else os.environ.get("TUIMON_DIR") or "tuimon-runs")
@@ -156,6 +176,22 @@ class Monitor(ControlMixin):
                 model, optimizer, scheduler, hello=None
             )
             return
+        if probe is not None and probe_every > 0:
+            if model is None or optimizer is None:
+                raise ValueError("probe= needs watch(model, optimizer, ...): it runs after optimizer.step()")
+            from .probe import ProbeMaps  # imports torch; raises ValueError on a bad option or layer name
+
+            self._probe = ProbeMaps(
+                model,
+                optimizer,
+                probe=probe,
+                every=probe_every,
+                layers=probe_layers,
+                channels=probe_channels,
+                enqueue=self._enqueue_stats,
+                step_of=self._next_step,
+                on_error=self._probe_failed,
+            )
         try:
             hello = _hello(self, model, optimizer)
             if optimizer is not None:
@@ -212,6 +248,8 @@ class Monitor(ControlMixin):
                 self._acts.install()
             if self._hist is not None:
                 self._hist.install()
+            if self._probe is not None:
+                self._probe.install()
             self._thread = AgentThread(cfg, self._queue, self._counters, self._fail)
             self._thread.start()
             # Wait (once, at setup) until the run file and the connection file exist, so that a viewer started
@@ -333,6 +371,9 @@ class Monitor(ControlMixin):
         if self._hist is not None:
             self._hist.remove()
             self._hist = None
+        if self._probe is not None:
+            self._probe.remove()
+            self._probe = None
         for h in self._hooks:
             try:
                 h.remove()
@@ -402,6 +443,12 @@ class Monitor(ControlMixin):
             self._drop_oldest()
         q.append((_ENQUEUE_TAGS[kind], step, _time(), payload))
 
+    def _probe_failed(self, exc: BaseException) -> None:
+        """The probe raised: it is off (one warning, one ``probe_off`` event); training and the rest go on."""
+        msg = f"feature-map probe disabled after an error ({type(exc).__name__}: {exc}); training goes on"
+        _warn(msg)
+        self._enqueue_stats("probe", self._step + 1, ("error", msg[:500]))
+
     def _fail(self, exc: BaseException) -> None:
         """Disable the monitor after an internal error, with one warning; training goes on."""
         if self._failed:
@@ -414,6 +461,8 @@ class Monitor(ControlMixin):
             self._acts._off = True
         if self._hist is not None:
             self._hist._off = True
+        if self._probe is not None:
+            self._probe._off = True
         _warn(f"monitoring disabled after an internal error ({type(exc).__name__}: {exc}); training goes on")
 
     def _forked(self) -> None:
@@ -427,6 +476,8 @@ class Monitor(ControlMixin):
             self._acts._off = True
         if self._hist is not None:
             self._hist._off = True
+        if self._probe is not None:
+            self._probe._off = True
 
 
 def watch(model: Any = None, optimizer: Any = None, **options: Any) -> Monitor:

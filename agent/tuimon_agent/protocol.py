@@ -115,6 +115,21 @@ bins=B, range=(lo, hi))``: float32 edges, bin ``i`` holds ``edge[i] <= v < edge[
 when ``lo == hi`` every value is in bin ``B // 2``), ``"nan": int32[P], "inf": int32[P]}`` (NaN and ±Inf entries,
 counted here and left out of ``counts``). A tensor with no gradient (or no finite value) has NaN ``lo``/``hi``
 and zero ``counts``."""
+FEATURE_MAPS = "feature_maps"
+"""Feature maps of the fixed probe input (``watch(..., probe=x)``), after the ``optimizer.step()`` of the first
+step and then every ``probe_every`` optimizer steps: the model's eval-mode, ``no_grad`` output at each chosen layer
+for the probe's first sample, average-pooled on the device so that no side exceeds 32 pixels (keeping the aspect).
+Layers differ in size, so each has its own arrays rather than one ``[L, C, H, W]`` block:
+``d = {"every": int, "layers": [{"name": str, "type": str`` (module class), ``"shape": [int]`` (the sample's
+output ``[C, H, W]`` before pooling; ``[C, 1, L]`` for sequence outputs), ``"channels": [int]`` (the channel
+indices shown, ascending), ``"maps": uint8[K, h, w]`` (K = len(channels)), ``"min": float32[K], "max":
+float32[K]`` (finite range of each pooled channel: pixel ``v`` stands for ``min + v / 255 · (max − min)``; a
+constant channel is all 0; NaN when the channel has no finite pixel), ``"nonfinite": uint8[K]}, ...]`` (a NaN or
+Inf before pooling; NaN pixels are 0, +Inf 255), ``"input": {"shape": [int], "rgb": bool, "maps": uint8[c, h, w],
+"min": float32[c], "max": float32[c], "nonfinite": uint8[c]} | None}`` (the probe itself, pooled the same way:
+its three channels normalised together when ``rgb``, else its first channel; ``None`` for a non-image probe). A
+chosen layer that was not called, or whose output is not map-shaped, is left out. When the probe fails it is
+turned off and an ``event`` with ``what = "probe_off"`` says why."""
 END = "end"
 """The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``."""
 ALERT = "alert"
@@ -157,6 +172,7 @@ RECORD_KINDS = frozenset(
         ACT_STATS,
         INPUT_STATS,
         HISTOGRAMS,
+        FEATURE_MAPS,
         END,
         ALERT,
         COMMAND,

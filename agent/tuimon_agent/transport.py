@@ -42,6 +42,7 @@ _STEP_LIMIT = 1 << 62
 
 # Queue tags, shared with monitor.py.
 _LOG, _EVAL, _OPT, _END, _CHECK, _LAYERS, _STATS, _MODULES, _ACTS, _HIST = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+_PROBE = 20  # feature maps of the probe input (probe.py)
 _PLAIN = frozenset({float, int})
 
 
@@ -343,6 +344,8 @@ class AgentThread(threading.Thread):
 
                 bufs, event = payload
                 self._emit(protocol.HISTOGRAMS, step, ts, hist_payload(bufs, event))
+            elif tag == _PROBE:
+                self._feature_maps(step, ts, payload)
             elif tag == _END:
                 self._flush_opt()
                 dropped, steps = self._counters()
@@ -354,6 +357,16 @@ class AgentThread(threading.Thread):
                 )
                 self._ended = True
                 self._commit()
+
+    def _feature_maps(self, step: int | None, ts: float, payload: tuple[Any, ...]) -> None:
+        """One probe pass → a ``feature_maps`` record (waiting here for its device-to-host copy); the probe's
+        failure → one ``probe_off`` event."""
+        if payload[0] == "error":
+            self._emit(protocol.EVENT, step, ts, {"what": "probe_off", "message": payload[1]})
+            return
+        from .probe import probe_payload  # torch is imported already: the hook made the buffers
+
+        self._emit(protocol.FEATURE_MAPS, step, ts, probe_payload(*payload))
 
     def _param_stats(self, step: int | None, ts: float, payload: tuple[Any, ...]) -> None:
         """A statistics buffer from the instruments → a ``param_stats`` record (waiting here, on this thread, for
