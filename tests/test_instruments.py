@@ -184,8 +184,14 @@ def test_one_non_finite_entry_is_flagged_and_its_first_appearance_reported(
             "what": "nonfinite",
             "message": "first non-finite gradient at step 3 in head.1.weight",
             "step": 3,
+            "first_step": 3,
             "param": "head.1.weight",
+            "layer": "head.1",
             "of": "gradient",
+            "how": "sampled",
+            "exact": True,  # stats_every=1: step 2 was measured and finite
+            "seen_at": 3,
+            "weights": [],
         }
     ]
 

@@ -100,6 +100,11 @@ class ActStats:
     hook is one attribute test. Hooks are closures over this object (``copy.deepcopy(model)`` shares them; they
     ignore every forward but the watched root's).
 
+    NaN provenance (:mod:`tuimon_agent.provenance`): on the CPU (:attr:`checks_outputs`) the root's hooks also keep
+    every training forward's arguments and CPU random state and check its output with one ``isfinite``; the first
+    non-finite output is replayed at once (:meth:`_replay`) and its first non-finite module queued (``"prov"``).
+    :meth:`force_next` (agent thread) arms the next forward and the optimizer step after it.
+
     Args:
         model: The module (wrappers are unwrapped).
         steps: The :class:`ParamStats` of the same optimizer: its step post hook counts the steps and arms this
@@ -126,9 +131,25 @@ class ActStats:
         self._handles: list[Any] = []
         self._modules: list[Any] = []
         self._names: tuple[str, ...] = ()
+        self._order: list[int] = []  # module indices in call order, during a measuring pass
+        self._forced = False
+        self._replaying = False
+        self._last: Any = None  # (args, kwargs, CPU RNG state) of the latest training forward
+        self._prov_done = False
+        self.checks_outputs = False
+        """Every training-mode forward's output is checked for NaN/Inf, and the first non-finite one replayed
+        (:meth:`_replay`): set by :meth:`install` when the model is on the CPU (elsewhere reading the check would
+        synchronise with the device)."""
+
+    def force_next(self) -> None:
+        """Measure the next training forward and the optimizer step after it in full (called from the agent thread
+        after a non-finite loss; only sets flags)."""
+        self._forced = True
+        self._armed = True
 
     def install(self) -> list[Any]:
         """Queue the ``modules`` index and register the hooks; returns their handles."""
+        self.checks_outputs = all(p.device.type == "cpu" for p in self.model.parameters())
         table = module_table(self.model)
         by_name = dict(self.model.named_modules())
         self._modules = [by_name[e["name"]] for e in table]
@@ -164,13 +185,23 @@ class ActStats:
     def _after_step(self, steps: int) -> None:
         """After optimizer step ``steps``: arm when the next one is sampled."""
         if not self._off:
-            self._armed = (steps + 1) % self.every == 0
+            self._armed = (steps + 1) % self.every == 0 or self._forced
 
     def _make_root_pre(self, root: Any) -> Any:
         def pre(module: Any, args: Any, kwargs: Any) -> None:
-            if not self._armed or self._off or module is not root or not module.training or self._measuring:
+            if self._off or module is not root or self._measuring:
+                return
+            if not module.training:
+                self._last = None
+                return
+            if self.checks_outputs and not self._prov_done:
+                self._last = (args, kwargs, torch.get_rng_state())  # for a replay, should this forward go NaN
+            if not self._armed:
                 return
             self._armed = False
+            if self._forced:  # the optimizer step after this forward is measured too
+                self._forced = False
+                self._steps_from.force_next()
             try:
                 self._start(args, kwargs)
             except Exception as exc:
@@ -185,6 +216,7 @@ class ActStats:
             try:
                 if self._rows[i] is None:  # a module called twice in one forward: its first call counts
                     self._rows[i] = self._measure(i, m, output)
+                    self._order.append(i)
             except Exception as exc:
                 self._fail(exc)
 
@@ -192,18 +224,76 @@ class ActStats:
 
     def _make_root_post(self, root: Any) -> Any:
         def post(module: Any, args: Any, output: Any) -> None:
-            if not self._measuring or module is not root:
+            if module is not root or self._replaying:
                 return
             try:
-                self._finish()
+                if self._measuring:
+                    self._finish()
+                if self._last is not None and not self._off:
+                    self._check_output(root, output)
             except Exception as exc:
                 self._fail(exc)
 
         return post
 
+    def _check_output(self, root: Any, output: Any) -> None:
+        """Every training forward on the CPU: the first non-finite output is replayed to find its first layer."""
+        y = _first_tensor(output)
+        if y is None or not y.is_floating_point() or y.device.type != "cpu" or bool(torch.isfinite(y).all()):
+            return
+        self._prov_done = True
+        last, self._last = self._last, None
+        self._enqueue("prov", self._step_of(), self._replay(root, *last))
+
+    def _replay(self, root: Any, args: Any, kwargs: Any, rng: Any) -> dict[str, Any]:
+        """Run the forward again from the same arguments and CPU random state, under ``no_grad`` with every module
+        measured; restore the buffers and the random state. Returns ``{"of", "layer", "weights"}``: the first
+        module in call order whose output is not finite, and why (see :mod:`tuimon_agent.provenance`)."""
+        buffers = list(root.buffers())
+        with torch.no_grad():
+            saved = [b.detach().clone() for b in buffers]
+        now = torch.get_rng_state()
+        torch.set_rng_state(rng)
+        self._replaying = True
+        try:
+            with torch.no_grad():
+                self._start(args, kwargs)
+                self._input = None
+                root(*args, **kwargs)
+            rows, order = self._rows, self._order
+        finally:
+            self._measuring = self._replaying = False
+            self._rows, self._order = [], []
+            torch.set_rng_state(now)
+            with torch.no_grad():
+                for b, s in zip(buffers, saved, strict=True):
+                    b.copy_(s)
+        with torch.no_grad():
+            x = _first_tensor(list(args) + list(kwargs.values()))
+            input_bad = x is not None and x.is_floating_point() and not bool(torch.isfinite(x).all())
+            bad_params = {
+                name.rpartition(".")[0]
+                for name, p in self.model.named_parameters()
+                if p.is_floating_point() and not bool(torch.isfinite(p).all())
+            }
+        first = next((i for i in order if rows[i] is not None and rows[i][_A_NONFINITE] == 1), None)
+        layer = self._names[first] if first is not None else None
+        weights = [self._names[i] for i in order if self._names[i] in bad_params]
+        weights += sorted(bad_params.difference(weights))
+        if input_bad:
+            of = "input"
+        elif layer is not None and layer in bad_params:
+            of = "weight"
+        elif layer is None and weights:
+            of, layer = "weight", weights[0]
+        else:
+            of = "activation"
+        return {"of": of, "layer": layer, "weights": weights}
+
     @torch.no_grad()
     def _start(self, args: Any, kwargs: Any) -> None:
         self._rows = [None] * len(self._modules)
+        self._order = []
         self._input, self._shape = None, []
         x = _first_tensor(list(args) + list(kwargs.values()))
         if x is not None and x.numel():
@@ -251,6 +341,7 @@ class ActStats:
     def _finish(self) -> None:
         self._measuring = False
         rows, self._rows = self._rows, []
+        order, self._order = self._order, []
         step = self._step_of()
         present = [r for r in rows if r is not None]
         device = present[0].device if present else (self._input.device if self._input is not None else None)
@@ -274,7 +365,7 @@ class ActStats:
             event.record()
         else:
             bufs, event = tensors, None
-        self._enqueue("acts", step, (bufs, event, self._names, self._shape))
+        self._enqueue("acts", step, (bufs, event, self._names, self._shape, order))
 
 
 def _input_rows(x: Any) -> Any:

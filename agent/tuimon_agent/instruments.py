@@ -110,6 +110,7 @@ class ParamStats:
         self._on_error = on_error
         self._calls = 0
         self._off = False
+        self._force = False
         self._ids: tuple[int, ...] = ()
         self._names: tuple[str, ...] = ()
         self._numel: np.ndarray = np.zeros(0)
@@ -135,6 +136,10 @@ class ParamStats:
             self.optimizer.register_step_post_hook(self._post),
         ]
         return self._handles
+
+    def force_next(self) -> None:
+        """Measure the next optimizer step whatever the interval (NaN provenance; only sets a flag)."""
+        self._force = True
 
     def remove(self) -> None:
         """Remove the hooks and drop the pending copy. Safe to call twice."""
@@ -165,8 +170,9 @@ class ParamStats:
             return
         self._calls += 1
         self._pending = None
-        if self._calls % self.every:
+        if self._calls % self.every and not self._force:
             return
+        self._force = False
         try:
             self._measure_before()
         except Exception as exc:
@@ -291,6 +297,7 @@ def stats_payload(buf: Any, event: Any, numel: np.ndarray) -> dict[str, Any]:
         "grad_nonfinite": nonfinite.astype(np.uint8),
         "has_grad": has.astype(np.uint8),
         "weight_norm": np.ascontiguousarray(a[_WEIGHT], dtype=np.float32),
+        "weight_nonfinite": (~np.isfinite(a[_WEIGHT_BEFORE])).astype(np.uint8),
         "update_ratio": ratio.astype(np.float32),
         "global_grad_norm": total,
     }

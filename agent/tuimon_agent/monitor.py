@@ -34,6 +34,16 @@ _HIST = 9
 _ENQUEUE_TAGS = {"layers": _LAYERS, "stats": _STATS, "modules": _MODULES, "acts": _ACTS, "hist": _HIST}
 _PROBE = 20  # feature maps of the probe input (probe.py); numbered apart from the tags above
 _ENQUEUE_TAGS["probe"] = _PROBE
+_PROV = 30  # the replay of the first non-finite forward (activations.py, provenance.py)
+_ENQUEUE_TAGS["prov"] = _PROV
+_EVENT = 31  # an event payload from the training thread, emitted as is
+_ENQUEUE_TAGS["event"] = _EVENT
+_COMPILED_EVENT = {
+    "what": "activations_unavailable",
+    "message": "activation and input statistics are off under torch.compile: forward hooks inside a compiled "
+    "graph would break it (or recompile it) on sampled steps; parameter statistics and histograms, measured on "
+    "the eager parameters at the optimizer step, are on",
+}
 
 DEFAULT_QUEUE = 100_000
 
@@ -94,7 +104,9 @@ class Monitor(ControlMixin):
             A sampled step briefly holds one extra copy of the parameters that have a gradient.
         activations: On the same sampled steps, also measure the outputs of the model's layers and its input
             during the training-mode forward (``modules``, ``act_stats`` and ``input_stats`` records; forward
-            hooks, removed on close). Not installed on a ``torch.compile``'d model.
+            hooks, removed on close). Not installed on a ``torch.compile``'d model (one ``activations_unavailable``
+            event says so). On the CPU the same hooks check every training forward's output and replay the first
+            non-finite one to find its first layer (NaN provenance, ``tuimon_agent.provenance``).
         hist_every: Optimizer steps between two weight and gradient histogram passes (``histograms`` records,
             binned on the device after the step; needs both ``model`` and ``optimizer``): ``1`` every step,
             ``0`` off.
@@ -208,7 +220,9 @@ class Monitor(ControlMixin):
                     step_of=self._next_step,
                     on_error=self._fail,
                 )
-                if activations and getattr(model, "_orig_mod", None) is None:  # not under torch.compile
+                if activations and _compiled(model):
+                    self._enqueue_stats("event", None, _COMPILED_EVENT)
+                elif activations:
                     from .activations import ActStats
 
                     self._acts = ActStats(
@@ -251,6 +265,7 @@ class Monitor(ControlMixin):
             if self._probe is not None:
                 self._probe.install()
             self._thread = AgentThread(cfg, self._queue, self._counters, self._fail)
+            self._configure_provenance(self._thread.provenance, stats_every)
             self._thread.start()
             # Wait (once, at setup) until the run file and the connection file exist, so that a viewer started
             # right after watch() finds the run; never longer than two seconds.
@@ -443,6 +458,16 @@ class Monitor(ControlMixin):
             self._drop_oldest()
         q.append((_ENQUEUE_TAGS[kind], step, _time(), payload))
 
+    def _configure_provenance(self, prov: Any, every: int) -> None:
+        """Tell the agent thread's NaN provenance (``provenance.py``) what the training thread checks and how to
+        force a full measurement."""
+        prov.every = every
+        if self._acts is not None:
+            prov.forward_checked = self._acts.checks_outputs
+            prov.force = self._acts.force_next
+        elif self._stats is not None:
+            prov.force = self._stats.force_next
+
     def _probe_failed(self, exc: BaseException) -> None:
         """The probe raised: it is off (one warning, one ``probe_off`` event); training and the rest go on."""
         msg = f"feature-map probe disabled after an error ({type(exc).__name__}: {exc}); training goes on"
@@ -494,6 +519,19 @@ def watch(model: Any = None, optimizer: Any = None, **options: Any) -> Monitor:
         A live :class:`Monitor` (also a context manager).
     """
     return Monitor(model, optimizer, **options)
+
+
+def _compiled(model: Any) -> bool:
+    """Whether ``model`` (or a module inside DataParallel/DDP wrappers) runs under ``torch.compile``:
+    ``torch.compile(model)`` or ``model.compile()``."""
+    for _ in range(16):
+        if getattr(model, "_orig_mod", None) is not None or getattr(model, "_compiled_call_impl", None) is not None:
+            return True
+        inner = getattr(model, "module", None)
+        if inner is None or inner is model:
+            return False
+        model = inner
+    return False
 
 
 def _default_name() -> str:

@@ -70,7 +70,20 @@ METRICS = "metrics"
 EVAL = "eval"
 """Evaluation scalars for one step: ``d = {"values": {name: float}}``."""
 EVENT = "event"
-"""Something that happened: ``d = {"what": str, "message": str, ...}`` (agent errors, persistence off, ...)."""
+"""Something that happened: ``d = {"what": str, "message": str, ...}`` (agent errors, persistence off, ...).
+
+``what = "nonfinite"``, once per run (NaN provenance, ``tuimon_agent.provenance``): the first step and layer where
+anything went non-finite. ``d`` adds ``"first_step": int`` (also in ``"step"`` and the record's step), ``"of"``
+(``"loss"``: only the loss; ``"input"``: the model's input; ``"activation"``: a module's output with finite
+weights, an overflow there; ``"weight"``: a module's own parameter, every later forward non-finite from it on;
+``"gradient"``: with a finite loss), ``"layer"`` (the module, first in *call* order for the forward kinds, first in
+backward order for gradients; or nil), ``"param"`` (a parameter name or nil), ``"how"`` (``"replay"``: the first
+non-finite training forward, checked every step on the CPU, run again with every module measured; ``"loss"``: the
+first non-finite logged ``*loss*`` value; ``"forced"``: after that loss, the agent had the next step measured in
+full; ``"sampled"``: a ``param_stats`` sample), ``"exact"`` (``first_step`` is proven first; false for a sample,
+which may lag the cause by up to ``stats_every - 1`` steps), ``"seen_at"`` (the step whose measurement decided) and
+``"weights"`` (modules with a non-finite parameter, at most 32). ``what = "activations_unavailable"``: activation
+statistics are off because the model runs under ``torch.compile``."""
 CHECK = "check"
 """A sanity check's result: ``d`` = ``CheckResult.to_data()`` (name, verdict, summary, explanation, numbers, table,
 seconds); see ``tuimon_agent.checks``."""
@@ -85,9 +98,8 @@ order of the latest ``layers`` record: ``d = {"grad_norm": float32[P]`` (L2), ``
 abs), ``"grad_zero": float32[P]`` (fraction of exact zeros), ``"grad_nonfinite": uint8[P]`` (a NaN or Inf entry),
 ``"has_grad": uint8[P]`` (0: ``grad`` was ``None``; its gradient stats and update ratio are NaN),
 ``"weight_norm": float32[P]`` (L2 after the step), ``"update_ratio": float32[P]`` (‖w_after − w_before‖ /
-‖w_before‖ of this step), ``"global_grad_norm": float}`` (L2 over every gradient). The first non-finite gradient
-(or weight) seen is also reported once as an ``event`` with ``what = "nonfinite"``, ``step``, ``param`` and
-``of = "gradient" | "weight"``."""
+‖w_before‖ of this step), ``"global_grad_norm": float`` (L2 over every gradient), ``"weight_nonfinite": uint8[P]}``
+(a NaN or Inf in the weights the step started from; absent in older runs)."""
 MODULES = "modules"
 """The modules whose outputs are measured (Linear, Conv1d/2d/3d, RNN/LSTM/GRU, MultiheadAttention, norm layers and
 activation modules), in model order (``named_modules()``, the root excluded, names as in ``layers``); sent once

@@ -22,6 +22,7 @@ import numpy as np
 import zmq
 
 from . import discovery, protocol
+from .provenance import Provenance
 from .runfile import PersistenceError, RunFileWriter
 
 TICK = 0.02
@@ -43,6 +44,7 @@ _STEP_LIMIT = 1 << 62
 # Queue tags, shared with monitor.py.
 _LOG, _EVAL, _OPT, _END, _CHECK, _LAYERS, _STATS, _MODULES, _ACTS, _HIST = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 _PROBE = 20  # feature maps of the probe input (probe.py)
+_PROV, _EVENT = 30, 31  # the replay of the first non-finite forward (provenance.py); an event as is
 _PLAIN = frozenset({float, int})
 
 
@@ -102,7 +104,8 @@ class AgentThread(threading.Thread):
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RING_SIZE)
         self._pending_opt: tuple[int, float, dict[str, float]] | None = None
         self._bad_values: set[str] = set()
-        self._nonfinite_seen = False
+        self.provenance = Provenance()
+        """Decides the run's one ``nonfinite`` event; the monitor configures it before :meth:`start`."""
         self._ended = False
         self._outbox: list[tuple[str, bytes]] = []
         self._gate: Any = None  # control_gate.CommandGate once the sockets and the key exist
@@ -319,6 +322,8 @@ class AgentThread(threading.Thread):
                 else:
                     self._flush_opt()
                 self._emit(protocol.METRICS, step, ts, {"values": values})
+                if not self.provenance.done:
+                    self._nonfinite(step, ts, self.provenance.on_loss(step, values))
             elif tag == _EVAL:
                 self._emit(protocol.EVAL, step, ts, {"values": self._numbers(payload, converted)})
             elif tag == _OPT:
@@ -346,8 +351,13 @@ class AgentThread(threading.Thread):
                 self._emit(protocol.HISTOGRAMS, step, ts, hist_payload(bufs, event))
             elif tag == _PROBE:
                 self._feature_maps(step, ts, payload)
+            elif tag == _PROV:
+                self._nonfinite(step, ts, self.provenance.on_replay(step, payload))
+            elif tag == _EVENT:
+                self._emit(protocol.EVENT, step, ts, payload)
             elif tag == _END:
                 self._flush_opt()
+                self._nonfinite(step, ts, self.provenance.flush())
                 dropped, steps = self._counters()
                 self._emit(
                     protocol.END,
@@ -377,30 +387,22 @@ class AgentThread(threading.Thread):
         buf, event, names, numel = payload
         data = stats_payload(buf, event, numel)
         self._emit(protocol.PARAM_STATS, step, ts, data)
-        if self._nonfinite_seen:
-            return
-        bad_grad = data["grad_nonfinite"].nonzero()[0]
-        bad_weight = (~np.isfinite(data["weight_norm"])).nonzero()[0]
-        for of, bad in (("gradient", bad_grad), ("weight", bad_weight)):
-            if len(bad) and int(bad[0]) < len(names):
-                self._nonfinite_seen = True
-                name = names[int(bad[0])]
-                msg = f"first non-finite {of} at step {step} in {name}"
-                self._emit(
-                    protocol.EVENT,
-                    step,
-                    ts,
-                    {"what": "nonfinite", "message": msg, "step": step, "param": name, "of": of},
-                )
-                return
+        self._nonfinite(step, ts, self.provenance.on_stats(step, data, names))
+
+    def _nonfinite(self, step: int | None, ts: float, data: dict[str, Any] | None) -> None:
+        """Emit the run's one ``nonfinite`` event once :class:`~tuimon_agent.provenance.Provenance` decided it."""
+        if data is not None:
+            self._emit(protocol.EVENT, data.get("first_step", step), ts, data)
 
     def _act_stats(self, step: int | None, ts: float, payload: tuple[Any, ...]) -> None:
         """Activation (and input) statistics buffers of one measured forward → ``act_stats`` and ``input_stats``
         records (waiting here for their device-to-host copy)."""
         from .activations import act_payloads
 
-        bufs, event, _names, shape = payload
+        bufs, event, names, shape, order = payload
         acts, inputs = act_payloads(bufs, event, shape)
+        input_bad = inputs is not None and not bool(np.isfinite(inputs["mean"]).all())
+        self.provenance.on_acts(step, acts["nonfinite"], order, names, input_bad)
         if len(acts["mean"]):  # a model with no measured module still has its input measured
             self._emit(protocol.ACT_STATS, step, ts, acts)
         if inputs is not None:
