@@ -373,7 +373,7 @@ async def test_detail_screen_shows_evidence_remedies_and_exact_actions(tmp_path:
         await _loaded(pilot)
         await pilot.press("A")  # focus the panel
         panel = pilot.app.overview.query_one(AlertPanel)
-        assert panel.has_focus
+        assert panel.has_focus and str(panel.render()).startswith("▸✖ loss_divergence")  # the selection shows
         await pilot.press("down", "down", "enter")
         await pilot.pause()
         screen = pilot.app.screen

@@ -51,3 +51,33 @@ def test_help_screen(snap_compare: Any, recorded_run: Path) -> None:
 
 def test_too_small(snap_compare: Any, recorded_run: Path) -> None:
     assert snap_compare(make_app(FileSource(recorded_run)), terminal_size=(50, 12), run_before=_loaded)
+
+
+# -- the alert panel (tests/test_alert_panel.py writes the run: fixed steps, values and timestamps) --
+
+
+async def _alert_detail(pilot: Pilot) -> None:
+    await wait_loaded(pilot)
+    await pilot.press("A", "down", "down", "enter")
+    await pilot.pause()
+
+
+def test_alert_panel_100x30(snap_compare: Any, tmp_path: Path) -> None:
+    from test_alert_panel import alert_records, write_run
+
+    run = write_run(tmp_path / "run.sqlite", alert_records())
+    assert snap_compare(make_app(FileSource(run)), terminal_size=(100, 30), run_before=_loaded)
+
+
+def test_alert_badge_80x24(snap_compare: Any, tmp_path: Path) -> None:
+    from test_alert_panel import alert_records, write_run
+
+    run = write_run(tmp_path / "run.sqlite", alert_records())
+    assert snap_compare(make_app(FileSource(run)), terminal_size=(80, 24), run_before=_loaded)
+
+
+def test_alert_detail_100x30(snap_compare: Any, tmp_path: Path) -> None:
+    from test_alert_panel import alert_records, write_run
+
+    run = write_run(tmp_path / "run.sqlite", alert_records())
+    assert snap_compare(make_app(FileSource(run)), terminal_size=(100, 30), run_before=_alert_detail)

@@ -165,12 +165,13 @@ class AlertPanel(Widget, can_focus=True):
         self._relayout()
 
     def on_focus(self) -> None:
-        self._relayout()
+        self._relayout(focused=True)
 
     def on_blur(self) -> None:
-        self._relayout()
+        self._relayout(focused=False)
 
-    def _relayout(self) -> None:
+    def _relayout(self, focused: bool | None = None) -> None:
+        focused = self.has_focus if focused is None else focused
         alerts = self.alerts
         if alerts and self.selected_id not in {a.id for a in alerts}:
             self.selected_id = alerts[0].id
@@ -197,7 +198,7 @@ class AlertPanel(Widget, can_focus=True):
         lines = []
         for i, a in enumerate(alerts[self._top : self._top + rows], self._top):
             line = alert_line(a, rule_width=rule_w)
-            line = f"[reverse]▸{line}[/reverse]" if i == index and self.has_focus else f" {line}"
+            line = f"[reverse]▸{line}[/reverse]" if i == index and focused else f" {line}"
             lines.append(line)
         self._lines = lines
         counts = state.counts()
