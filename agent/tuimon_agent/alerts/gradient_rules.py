@@ -7,7 +7,8 @@ figures are taken over weight matrices only (see :class:`~.layer_common.WeightIn
 
 ``exploding_gradients`` (scope ``global``)
     Statistic: ``x = max(spike, growth - 1)`` in decades, where ``spike = log10(g) - median(log10 g)`` of the
-    global gradient norm ``g`` against the previous :data:`BASELINE` samples (at least 5), and ``growth =
+    global gradient norm ``g`` against the previous :data:`BASELINE` samples (at least 5; frozen while the alert is
+    on), and ``growth =
     log10(g) - min(log10 g)`` over the run's first 3 samples. On when ``x >= 2`` (a 100× spike over the recent
     level, or 1000× the start) for 2 consecutive samples, or at once when ``x >= 3``; critical once ``x >= 4``
     (kept for the episode); off after 5 samples with
@@ -20,9 +21,10 @@ figures are taken over weight matrices only (see :class:`~.layer_common.WeightIn
     Statistic: ``d = median(log10 rms)`` of the first quarter of the weight matrices (model order, at least one)
     minus that of the last quarter, median over the last 5 samples; exact-zero gradients (dead units, unused
     layers) are left out. Healthy networks measured: ``d >= -1.7``. On when ``d <= -3`` (early layers get 1000×
-    less) for 3 samples while the training loss has not fallen below half its start and no layer has half its
-    units dead or saturated (those rules explain it); critical when ``d <= -6``; off when ``d >= -2`` for 3
-    samples. Subordinate to ``nonfinite``, ``dead_units``, ``saturation``, ``unnormalized_input``.
+    less) for 3 samples while the training loss is not learning (over at least 20 logged losses, the recent median is
+    not 10% below the start) and no layer has half its units dead or saturated (those rules explain it); critical when ``d <= -6``; off when ``d >= -2`` for 3
+    samples. Subordinate to ``nonfinite``, ``dead_units``, ``saturation``, ``unnormalized_input``,
+    ``exploding_gradients`` and ``loss_divergence`` (a blown-up tanh RNN stops passing gradient back).
 ``update_ratio`` (scope ``global``)
     Statistic: the median over weight matrices of ``log10(update_ratio)`` (``‖Δw‖ / ‖w‖`` of the step), median
     over the last 5 samples. Too large: on at ``>= -1`` (each step moves the weights by 10%) for 3 samples,
@@ -132,8 +134,10 @@ class ExplodingGradients(Rule):
         if gn is not None and len(self.index.columns):
             lrow = _log10(gn[self.index.columns])
             layer_rise = lrow - self.layers.median(len(lrow))
-            self.layers.add(lrow)
-        self.base.add(lg, step)
+            if not self.state.on:  # the baselines stay frozen during an episode
+                self.layers.add(lrow)
+        if not self.state.on:
+            self.base.add(lg, step)
         if not (math.isfinite(spike) and spike >= 1.0) and not self.state.on:
             self.healthy.add(g, step)
         self.recent.add(lg, step)
@@ -147,9 +151,10 @@ class ExplodingGradients(Rule):
             self.peak = max(self.peak, x)
         layers: list[str] = []
         if layer_rise is not None and np.isfinite(layer_rise).any():
-            order = np.argsort(-np.nan_to_num(layer_rise, nan=-np.inf))
-            top = sorted(int(i) for i in order[:8] if np.isfinite(layer_rise[i]) and layer_rise[i] >= 1.0)
-            layers = [self.index.names[i] for i in top]
+            # The layers within a decade of the worst one (and at least a decade above their own baseline).
+            cut = max(1.0, float(np.nanmax(layer_rise)) - 1.0)
+            top = np.flatnonzero(np.nan_to_num(layer_rise, nan=-np.inf) >= cut)
+            layers = [self.index.names[int(i)] for i in top[:8]]
         # Evidence and severity from smoothed figures: one noisy sample must not flip them back and forth.
         level = 10 ** self.recent.median()
         xs = max(self.peak, 2.0)
@@ -195,12 +200,22 @@ class VanishingGradients(Rule):
 
     name = "vanishing_gradients"
     kinds = frozenset({protocol.PARAM_STATS, protocol.METRICS, protocol.ACT_STATS})
-    subordinate_to = frozenset({"nonfinite", "dead_units", "saturation", "unnormalized_input"})
+    subordinate_to = frozenset(
+        {
+            "nonfinite",
+            "dead_units",
+            "saturation",
+            "unnormalized_input",
+            "exploding_gradients",
+            "loss_divergence",
+        }
+    )
 
     def __init__(self) -> None:
         self.index = WeightIndex()
         self.d = Window(5)
         self.loss = LossTrend()
+        self.since: int | None = None  # first sample of the current stretch with d <= -3 (the onset)
         self.explained = False  # half of some layer's units dead or saturated in the latest act_stats
         self.state = Hysteresis(-3.0, -2.0, min_on=3, min_off=3, above=False)
 
@@ -234,13 +249,16 @@ class VanishingGradients(Rule):
         early, late = float(np.median(lr[:k])), float(np.median(lr[-k:]))
         self.d.add(early - late, step)
         d = self.d.median()
-        blocked = self.explained or self.loss.converged()
+        self.since = (self.since if self.since is not None else step) if d <= -3.0 else None
+        # Judge "the loss is not learning" only on a full window of losses (none logged: on gradients alone).
+        unsure = 0 < self.loss.count < LossTrend.RECENT
+        blocked = self.explained or unsure or self.loss.improving()
         changed = self.state.update(math.nan if blocked and not self.state.on else d, step)
         if not self.state.on:
             return [self.resolved("global", step)] if changed else None
         names = [self.index.names[i] for i in np.flatnonzero(ok)]
         low = [nm for nm, v in zip(names, lr, strict=True) if v - late <= -3.0][:8]
-        onset = self.state.onset if self.state.onset is not None else step
+        onset = min(x for x in (self.state.onset, self.since, step) if x is not None)
         where = ", ".join(low[:3]) if low else ", ".join(names[:k][:3])
         return [
             self.active(
@@ -331,7 +349,10 @@ class UpdateRatio(Rule):
         if len(self.u) < 3:
             return None
         was = self.high.on or self.low.on
-        self.high.update(u, step)
+        # Too-large steps are judged against a window of losses (none logged: on the ratio alone), so that a
+        # loss that already diverges can take the blame.
+        unsure = 0 < self.loss.count < LossTrend.RECENT
+        self.high.update(math.nan if unsure and not self.high.on else u, step)
         scheduled_down = ctx.lr is not None and ctx.lr_max is not None and ctx.lr < 0.1 * ctx.lr_max
         self.low.update(math.nan if scheduled_down and not self.low.on else u, step)
         if scheduled_down and self.low.on:

@@ -8,12 +8,14 @@ Statistic
     - **large**: the median channel's ``rms >= 10`` or the largest channel's ``rms >= 100`` (0–255 pixels have
       ``rms`` ≈ 120; standardized inputs ≈ 1, [0, 1] images ≈ 0.4);
     - **tiny**: every channel's ``rms <= 1e-3``;
-    - **mixed scales**: the largest channel's ``rms`` is ``>= 1000×`` the median channel's.
+    - **mixed scales**: the largest channel's ``rms`` is ``>= 1000×`` the median channel's;
+    - **moderate** (``info`` only): the median channel's ``rms >= 3`` (e.g. raw 0–16 counts: trainable, but
+      slower and more fragile than standardized inputs).
 Exemptions
     Token ids are not features: when the model's first parameter belongs to an ``Embedding`` (or the model has an
     embedding and the input holds non-negative integers only), the rule stays silent.
 Severity and hysteresis
-    ``critical`` when the median channel's ``rms >= 100``, else ``warning``. On at the first sample (the input's
+    ``critical`` when the median channel's ``rms >= 100``, ``info`` when only moderate, else ``warning``. On at the first sample (the input's
     scale is a property of the data pipeline, and every later symptom — huge first gradients, dead units — follows
     within a step or two); off after 3 consecutive normalized samples. ``dead_units``, ``saturation`` and
     ``exploding_gradients`` are subordinate to it.
@@ -27,13 +29,15 @@ import numpy as np
 
 from .. import protocol
 from ..protocol import Record
-from .base import CRITICAL, WARNING, Context, Finding, Hysteresis, Rule
+from .base import CRITICAL, INFO, WARNING, Context, Finding, Hysteresis, Rule
 from .layer_common import WeightIndex, array, fnum
 
 LARGE = 10.0
 """Median channel RMS at or above which the input is too large."""
 LARGE_MAX = 100.0
 """Largest channel RMS at or above which the input is too large."""
+MODERATE = 3.0
+"""Median channel RMS at or above which (below :data:`LARGE`) the input is worth an ``info`` alert."""
 CRITICAL_RMS = 100.0
 """Median channel RMS at or above which the alert is critical."""
 TINY = 1e-3
@@ -74,13 +78,17 @@ def assess(data: dict[str, object]) -> dict[str, float | int | str] | None:
         "rms_max": top,
         "channels": int(ok.sum()),
     }
-    if med >= LARGE or top >= LARGE_MAX:
+    if med >= LARGE:
         evidence["problem"] = "large"
-    elif top <= TINY:
-        evidence["problem"] = "tiny"
     elif len(r) >= 2 and top >= SPREAD * med:
         evidence["problem"] = "mixed_scales"
         evidence["scale_ratio"] = top / med
+    elif top >= LARGE_MAX:
+        evidence["problem"] = "large"
+    elif top <= TINY:
+        evidence["problem"] = "tiny"
+    elif med >= MODERATE:
+        evidence["problem"] = "moderate"
     else:
         return {}
     return evidence
@@ -126,7 +134,7 @@ class UnnormalizedInput(Rule):
         problem = str(ev.get("problem"))
         shape = record.data.get("shape")
         where = f"the input {tuple(shape)}" if isinstance(shape, list) else "the input"
-        if problem == "large":
+        if problem in ("large", "moderate"):
             what = (
                 f"values span [{fnum(float(ev['min']))}, {fnum(float(ev['max']))}] with mean "
                 f"{fnum(float(ev['mean']))} and std {fnum(float(ev['std']))}"
@@ -134,9 +142,14 @@ class UnnormalizedInput(Rule):
         elif problem == "tiny":
             what = f"every channel's scale is below {fnum(TINY)} (median {fnum(float(ev['rms']))})"
         else:
-            what = f"one channel's scale is {fnum(float(ev.get('scale_ratio', 0)))}× the median channel's"
+            what = (
+                f"the largest channel's scale ({fnum(float(ev['rms_max']))}) is "
+                f"{fnum(float(ev.get('scale_ratio', 0)))}× the median channel's"
+            )
         rms = float(ev["rms"])
         severity = CRITICAL if problem == "large" and rms >= CRITICAL_RMS else WARNING
+        if problem == "moderate":
+            severity = INFO
         return [
             self.active(
                 "global",

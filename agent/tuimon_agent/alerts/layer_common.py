@@ -131,11 +131,14 @@ class LossTrend:
     def __init__(self) -> None:
         self._early: list[float] = []
         self._recent = Window(self.RECENT)
+        self.count = 0
+        """Finite losses seen."""
 
     def add(self, loss: float | None, step: int) -> None:
         """Add one training-loss value (``None`` and non-finite values are ignored)."""
         if loss is None or not math.isfinite(loss):
             return
+        self.count += 1
         if len(self._early) < self.EARLY:
             self._early.append(loss)
         self._recent.add(loss, step)
@@ -159,6 +162,11 @@ class LossTrend:
         """Whether the recent loss is well above the early one (by more than half its size): divergence."""
         e, r = self.early, self.recent
         return self.known and e != 0 and r - e > 0.5 * abs(e)
+
+    def improving(self) -> bool:
+        """Whether the recent loss is at least 10% below the early one (learning is happening)."""
+        e, r = self.early, self.recent
+        return self.known and e > 0 and r < 0.9 * e
 
     def converged(self) -> bool:
         """Whether the recent loss fell below half the early one (learning is happening or done)."""
