@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 
-def worker(out_dir: str) -> None:
-    """One rank: a tiny DDP model on its own data shard, the real agent on every rank, one line per step."""
+def worker(out_dir: str, mode: str = "all") -> None:
+    """One rank: a tiny DDP model on its own data shard, the real agent on every rank (``mode="all"``) or on rank 0
+    only (``"rank0-only"``, 80 steps), one line per step."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -35,7 +36,12 @@ def worker(out_dir: str) -> None:
     model = DDP(torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=25, gamma=0.9)
-    mon = tuimon_agent.watch(model, opt, run="ddp", dir=out_dir, stats_every=0, hist_every=0)
+    watched = mode == "all" or rank == 0
+    mon = (
+        tuimon_agent.watch(model, opt, run="ddp", dir=out_dir, stats_every=0, hist_every=0)
+        if watched
+        else None
+    )
     lrs: list[float] = []
     norms: list[float] = []
 
@@ -50,7 +56,7 @@ def worker(out_dir: str) -> None:
     x, y = torch.randn(64, 6), torch.randn(64, 1)
     print(f"READY {rank}", flush=True)
     step = 0
-    while step < 20_000:
+    while step < (20_000 if mode == "all" else 80):
         step += 1
         idx = torch.randint(0, 64, (16,))
         loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
@@ -58,9 +64,10 @@ def worker(out_dir: str) -> None:
         loss.backward()
         opt.step()
         sched.step()
-        mon.log(loss=loss)
+        if mon is not None:
+            mon.log(loss=loss)
         print(f"STEP {rank} {step}", flush=True)
-        if mon.should_stop:
+        if mon is not None and mon.should_stop:
             break
         time.sleep(0.01)
     result = {
@@ -73,10 +80,11 @@ def worker(out_dir: str) -> None:
             {k: v for k, v in g.items() if k in ("lr", "momentum", "weight_decay")} for g in opt.param_groups
         ],
         "base_lrs": sched.base_lrs,
-        "should_stop": mon.should_stop,
+        "should_stop": mon is not None and mon.should_stop,
     }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    mon.close()
+    if mon is not None:
+        mon.close()
     dist.destroy_process_group()
 
 
@@ -110,11 +118,7 @@ class Steps:
             time.sleep(0.02)
 
 
-def test_every_rank_applies_each_command_at_the_same_step(tmp_path: Path) -> None:
-    from helpers import CommandClient
-
-    from tuimon_agent import discovery
-
+def _torchrun(tmp_path: Path, mode: str) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable,
@@ -124,18 +128,31 @@ def test_every_rank_applies_each_command_at_the_same_step(tmp_path: Path) -> Non
         f"--master_port={_free_port()}",
         __file__,
         str(tmp_path),
+        mode,
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _rank0_run(proc: subprocess.Popen[str], steps: Steps):  # noqa: ANN202
+    from tuimon_agent import discovery
+
+    deadline = time.monotonic() + 120
+    runs: list[discovery.ConnectionInfo] = []
+    while not runs and time.monotonic() < deadline and proc.poll() is None:
+        runs = discovery.live_runs(clean=False)
+        time.sleep(0.1)
+    assert len(runs) == 1, f"one live run (rank 0 only) expected, got {runs}; output: {steps.lines[-10:]}"
+    return runs[0]
+
+
+def test_every_rank_applies_each_command_at_the_same_step(tmp_path: Path) -> None:
+    from helpers import CommandClient
+
+    proc = _torchrun(tmp_path, "all")
     steps = Steps(proc)
     client = None
     try:
-        deadline = time.monotonic() + 120
-        runs: list[discovery.ConnectionInfo] = []
-        while not runs and time.monotonic() < deadline and proc.poll() is None:
-            runs = discovery.live_runs(clean=False)
-            time.sleep(0.1)
-        assert len(runs) == 1, f"one live run (rank 0 only) expected, got {runs}; output: {steps.lines[-10:]}"
-        client = CommandClient(runs[0], sender="ddp-test")
+        client = CommandClient(_rank0_run(proc, steps), sender="ddp-test")
         steps.wait(5)
 
         def apply(name: str, args: dict | None = None) -> dict:
@@ -186,5 +203,31 @@ def test_every_rank_applies_each_command_at_the_same_step(tmp_path: Path) -> Non
     assert not list(tmp_path.glob("rank1/*.pt"))
 
 
+def test_watch_on_rank_0_only_refuses_commands_and_never_hangs(tmp_path: Path) -> None:
+    """Without a controller on every rank a command would reach one replica only: it is refused, training runs."""
+    from helpers import CommandClient
+
+    proc = _torchrun(tmp_path, "rank0-only")
+    steps = Steps(proc)
+    client = None
+    try:
+        client = CommandClient(_rank0_run(proc, steps), sender="ddp-test")
+        steps.wait(2, timeout=60)  # past the first step's handshake (HANDSHAKE_TIMEOUT seconds)
+        c = client.send("set_lr", {"value": 0.01})
+        ack = client.wait(c["id"], "rejected", timeout=60)
+        assert "not every one of the 2 ranks called watch()" in ack["reason"]
+        assert proc.wait(120) == 0, steps.lines[-20:]
+    finally:
+        if client is not None:
+            client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["steps"] == r1["steps"] == 80
+    assert r0["lrs"] == pytest.approx([0.05 * 0.9 ** (i // 25) for i in range(80)])  # the schedule only
+    assert r0["params"] == r1["params"]
+
+
 if __name__ == "__main__":
-    worker(sys.argv[1])
+    worker(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "all")

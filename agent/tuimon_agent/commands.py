@@ -55,7 +55,8 @@ class CommandRejected(ValueError):
 
     Attributes:
         kind: Why, in one word: ``"malformed"``, ``"oversized"``, ``"signature"``, ``"replay"``, ``"stale"``,
-            ``"unknown"`` (command or group) or ``"invalid"`` (an argument).
+            ``"unknown"`` (command or group), ``"invalid"`` (an argument) or ``"unavailable"`` (the run cannot
+            apply commands, e.g. not every torch.distributed rank called ``watch()``).
     """
 
     def __init__(self, kind: str, message: str) -> None:

@@ -185,7 +185,25 @@ class Controller:
             if wait and not self.pending:
                 self.wake.wait(wait)
                 self.wake.clear()
-            return self.sync.exchange(self._take())
+            batch = self._take()
+            out = self.sync.exchange(batch) if not self.sync.refused else []
+            if self.sync.refused:  # not every rank can apply them: none is applied anywhere
+                self.paused = False
+                for cmd_id, name, _args, to in batch:
+                    reason = self.sync.refused
+                    step = self.step_of()
+                    self.done.append(
+                        {
+                            "id": cmd_id,
+                            "name": name,
+                            "status": "rejected",
+                            "step": step,
+                            "reason": reason,
+                            "_to": to,
+                        }
+                    )
+                return []
+            return out
         return self.sync.exchange(None)
 
     def _apply_all(self, batch: list[tuple[str, str, dict[str, Any], Any]]) -> None:

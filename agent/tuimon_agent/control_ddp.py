@@ -10,7 +10,9 @@ a batch costs a second broadcast of its msgpack bytes. While paused, rank 0 broa
 
 from __future__ import annotations
 
+import itertools
 import sys
+import time
 from typing import Any
 
 import msgpack
@@ -49,26 +51,62 @@ def world_rank() -> int:
         return 0
 
 
-class DistSync:
-    """Broadcasts rank 0's command batches to every rank (created lazily, at the first step boundary).
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds each rank waits, at its first optimizer step, for every rank's controller to check in."""
+_instances = itertools.count()
 
-    Every rank of the default process group must have one (``watch()`` called on every rank): the exchange is a
-    collective.
+
+class DistSync:
+    """Broadcasts rank 0's command batches to every rank (set up lazily, at the first step boundary).
+
+    The exchange is a collective, so every rank must have one (``watch()`` called on every rank). At the first
+    boundary each rank checks in through the default group's store and waits up to :data:`HANDSHAKE_TIMEOUT`
+    seconds for the others; when one is missing (``watch()`` only on rank 0, say) live commands are refused on
+    this run rather than applied to one replica, and nothing here waits again.
     """
 
     def __init__(self) -> None:
         self._group: Any = None
         self._ready = False
+        self._key = f"tuimon/control/{next(_instances)}"
         self.off = False
+        self.refused: str | None = None
+        """Why commands cannot be applied on every rank (then the gate rejects them), or ``None``."""
         self.broadcasts = 0
+
+    def _handshake(self) -> bool:
+        import torch.distributed as dist
+
+        try:
+            from torch.distributed.distributed_c10d import _get_default_store
+
+            store = _get_default_store()
+        except Exception:  # no store to ask: trust that every rank called watch()
+            return True
+        world = dist.get_world_size()
+        store.add(self._key, 1)
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        while store.add(self._key, 0) < world:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def _setup(self) -> None:
         import torch.distributed as dist
 
+        self._ready = True
+        if not self._handshake():
+            self.off = True
+            self.refused = (
+                f"live commands are off: not every one of the {dist.get_world_size()} ranks called watch() "
+                "(each rank must, so that all apply a command at the same step)"
+            )
+            _warn(self.refused)
+            return
         if dist.get_backend() != "gloo":
             # CPU tensors on gloo: the exchange never touches the training device's stream.
             self._group = dist.new_group(backend="gloo")
-        self._ready = True
 
     def exchange(self, batch: list[tuple[str, str, dict[str, Any], Any]] | None) -> list[Any]:
         """Rank 0 passes its batch, every other rank ``None``; each gets rank 0's batch back.
@@ -83,6 +121,8 @@ class DistSync:
 
         if not self._ready:
             self._setup()
+            if self.off:
+                return []
         rank = dist.get_rank()
         if rank == 0:
             items = batch or []

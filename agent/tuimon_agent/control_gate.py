@@ -101,6 +101,9 @@ class CommandGate:
                 raise CommandRejected(
                     "stale", f"stale command: ts is {skew:+.0f} s from the agent's clock (limit ±300 s)"
                 )
+            refused = getattr(self.control.sync, "refused", None)
+            if refused:
+                raise CommandRejected("unavailable", refused)
             opt = self.control.optimizer
             args = commands.validate(
                 fields["name"], fields["args"], specs=self.control.specs(), groups=len(opt.param_groups)
