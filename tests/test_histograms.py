@@ -173,6 +173,40 @@ def test_all_non_finite_tensor_and_extremes() -> None:
     assert list(w["counts"][3]) == [5, 0, 0, 3]
 
 
+@pytest.mark.parametrize("bins", [32, 1, 255])
+def test_every_cpu_path_equals_numpy(bins: int) -> None:
+    """Large finite tensors (int32 fast path), small ones past one concatenated chunk, a large one with a NaN and a
+    huge range (the general path), edge values and a constant tensor, weights and gradients, in one pass."""
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.big = nn.Parameter(torch.randn(300, 300))
+    model.big_bad = nn.Parameter(torch.randn(5000) * 1e37)
+    with torch.no_grad():
+        model.big_bad[7] = math.nan
+        model.big_bad[8] = 3e38
+    model.edges = nn.Parameter(torch.linspace(-1, 1, bins + 1).repeat(40))  # exactly numpy's edges, > 4096
+    model.const = nn.Parameter(torch.full((6000,), 0.25))
+    model.smalls = nn.ParameterList([nn.Parameter(torch.randn(4000) * (k + 1)) for k in range(300)])
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    got: list[Any] = []
+    h = histograms.ParamHist(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        every=1,
+        bins=bins,
+        enqueue=lambda kind, step, payload: got.append((kind, payload)),
+        step_of=lambda: 1,
+        on_error=lambda exc: (_ for _ in ()).throw(exc),
+    )
+    h.measure()
+    d = histograms.hist_payload(*got[-1][1])
+    for j, p in enumerate(model.parameters()):
+        _check(d["weight"], p.detach().numpy(), bins, j)
+        _check(d["grad"], p.grad.numpy(), bins, j)
+    assert d["weight"]["nan"][1] == 1
+
+
 def test_sampled_steps_off_and_bad_values(tmp_path: Path) -> None:
     for opts, expected, layers in (
         ({"hist_every": 3}, [3, 6, 9], 1),

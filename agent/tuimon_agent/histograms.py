@@ -148,13 +148,23 @@ class ParamHist:
         nan2 = torch.full((2,), math.nan, dtype=torch.float32, device=device)
         found: dict[tuple[int, int], tuple[Any, Any]] = {}
         if flat:
-            lo, hi = _finite_range(flat, device)
+            lo, hi, finite = _finite_range(flat, device)
             lower, upper, origin, width = _bin_edges(lo, hi, b)
             ok = lo <= hi
             ranges_found = torch.stack([torch.where(ok, lo, nan2[0]), torch.where(ok, hi, nan2[0])], dim=1)
+            fast = _fast(finite, lo, hi, width) if finite is not None else [False] * len(flat)
+            small = [k for k, x in enumerate(flat) if fast[k] and x.numel() <= SMALL_NUMEL]
+            counts_of = _bin_small(
+                [flat[k] for k in small], b, origin[small], width[small], lower[small], upper[small]
+            )
+            by_k = dict(zip(small, counts_of, strict=True))
             for k, x in enumerate(flat):
-                dev = x.device
-                c = _bin(x, b, origin[k].to(dev), width[k].to(dev), lower[k].to(dev), upper[k].to(dev))
+                c = by_k.get(k)
+                if c is None and fast[k]:
+                    c = _bin_finite(x, origin[k], width[k], lower[k], upper[k], b)
+                elif c is None:
+                    dev = x.device
+                    c = _bin(x, b, origin[k].to(dev), width[k].to(dev), lower[k].to(dev), upper[k].to(dev))
                 found[cols[k][:2]] = (c.to(device, non_blocking=True), ranges_found[k])
         # Built by stacking on the device (no index tensor from the host, so nothing waits for the device).
         c3 = torch.stack(  # [2, P, B + 3]: B bins, "at hi" (folded into the last bin), NaN, ±Inf
@@ -181,6 +191,53 @@ class ParamHist:
 
 
 _BIG = torch.finfo(torch.float32).max
+SMALL_NUMEL = 4096
+"""Tensors of at most this many elements are binned together, in one concatenation (their per-call overhead
+dominates)."""
+_CHUNK_NUMEL = 1 << 20
+"""Elements per concatenated batch of small tensors at most (bounds the transient buffers)."""
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _fast(finite: Any, lo: Any, hi: Any, width: Any) -> list[bool]:
+    """Which tensors take the CPU fast path: every entry finite, ``hi - lo`` finite in float32 and a normal bin width
+    (so the formula ``(x - lo) / width`` lands within one bin of the answer, never outside ``0 .. B + 2``)."""
+    return (finite & torch.isfinite(hi - lo) & (width >= _TINY)).tolist()
+
+
+def _correct(x: Any, idx: Any, lower: Any, upper: Any) -> Any:
+    """Move each formula bin ``idx`` (int32, in place) by one where it disagrees with the float32 edges."""
+    idx.add_(x >= upper.index_select(0, idx))
+    return idx.add_(x < lower.index_select(0, idx), alpha=-1)
+
+
+def _bin_finite(x: Any, origin: Any, width: Any, lower: Any, upper: Any, bins: int) -> Any:
+    """:func:`_bin` for a CPU tensor known to be finite with a safe range (:func:`_fast`): no NaN/Inf slots to
+    fill and no clamping, int32 indices; same counts."""
+    idx = torch.sub(x, origin).div_(width).to(torch.int32)
+    return torch.bincount(_correct(x, idx, lower, upper), minlength=bins + 3)
+
+
+def _bin_small(xs: list[Any], bins: int, origin: Any, width: Any, lower: Any, upper: Any) -> list[Any]:
+    """:func:`_bin_finite` for many small CPU tensors at once: concatenated in chunks, each element's bin offset by
+    its tensor's row of ``B + 3`` slots, one gather table and one ``bincount`` per chunk."""
+    out: list[Any] = []
+    i = 0
+    slots = bins + 3
+    while i < len(xs):
+        j, total = i, 0
+        while j < len(xs) and (j == i or total + xs[j].numel() <= _CHUNK_NUMEL):
+            total += xs[j].numel()
+            j += 1
+        sizes = torch.tensor([x.numel() for x in xs[i:j]])
+        rows = torch.repeat_interleave(torch.arange(j - i, dtype=torch.int32), sizes)
+        x = torch.cat(xs[i:j])
+        idx = torch.sub(x, origin[i:j].index_select(0, rows)).div_(width[i:j].index_select(0, rows))
+        idx = idx.to(torch.int32).add_(rows * slots)
+        idx = _correct(x, idx, lower[i:j].reshape(-1), upper[i:j].reshape(-1))
+        out.extend(torch.bincount(idx, minlength=(j - i) * slots).view(j - i, slots).unbind(0))
+        i = j
+    return out
 
 
 def _flat(t: Any) -> Any:
@@ -188,7 +245,7 @@ def _flat(t: Any) -> Any:
     return x if x.dtype == torch.float32 else x.float()
 
 
-def _finite_range(flat: list[Any], device: Any) -> tuple[Any, Any]:
+def _finite_range(flat: list[Any], device: Any) -> tuple[Any, Any, Any]:
     """The min and max of each tensor's finite values (``float32[N]`` on ``device``).
 
     A non-finite entry is replaced by the largest (smallest) float, which changes neither; a tensor with no finite
@@ -196,11 +253,16 @@ def _finite_range(flat: list[Any], device: Any) -> tuple[Any, Any]:
     per tensor comes first and the replacing pass (4× slower) runs only for the tensors whose range is not finite
     (one read of the stacked ranges per pass); on an accelerator every tensor takes the replacing pass, so that
     nothing waits for the device.
+
+    Returns:
+        ``(lo, hi, finite)``: ``finite`` is a CPU bool tensor (every entry of tensor ``k`` finite) on the CPU,
+        ``None`` elsewhere.
     """
     n = len(flat)
     bad = range(n)
     lo: list[Any] = [None] * n
     hi: list[Any] = [None] * n
+    finite = None
     if device.type == "cpu" and all(x.device.type == "cpu" for x in flat):
         for k, x in enumerate(flat):
             lo[k], hi[k] = torch.aminmax(x)
@@ -213,6 +275,7 @@ def _finite_range(flat: list[Any], device: Any) -> tuple[Any, Any]:
     return (
         torch.stack([v.to(device, non_blocking=True) for v in lo]),
         torch.stack([v.to(device, non_blocking=True) for v in hi]),
+        finite,
     )
 
 
