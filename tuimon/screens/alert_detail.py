@@ -182,7 +182,7 @@ class AlertDetail(ModalScreen[AlertJump | None]):
     ) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self._state = state
-        self._version = -1
+        self._version: tuple[int, int] | None = None
         found = state.alerts.get(alert_id) if alert_id is not None else None
         self.history = found is not None and not found.active or (found is None and not state.alerts.active)
         """Whether the list shows the resolved alerts rather than the active ones."""
@@ -228,11 +228,11 @@ class AlertDetail(ModalScreen[AlertJump | None]):
         """
         if state is not self._state:
             self._state = state
-            self._version = -1
+            self._version = None
         alerts = state.alerts
-        if alerts.version == self._version:
+        if (id(alerts), alerts.version) == self._version:
             return
-        self._version = alerts.version
+        self._version = (id(alerts), alerts.version)
         listed = self.listed
         active, resolved = len(alerts.active), len(alerts.history)
         on, off = "[reverse b]", "[$text-muted]"
@@ -289,7 +289,7 @@ class AlertDetail(ModalScreen[AlertJump | None]):
         """Switch the list between the active alerts and the resolved ones."""
         self.history = not self.history
         self.selected_id = None
-        self._version = -1
+        self._version = None
         self.update(self._state)
 
     def action_jump(self, target: Literal["chart", "layers"]) -> None:

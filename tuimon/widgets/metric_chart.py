@@ -38,8 +38,9 @@ OTHER_MARKER_COLOR = (128, 128, 128)
 """A marker of a kind :data:`MARKER_STYLES` does not know."""
 MARK_COLOR = (255, 255, 255)
 """The step :meth:`MetricChart.mark_step` marked (an alert's onset the user jumped to)."""
-MAX_MARKERS = 32
-"""Markers drawn at most (the latest ones in view): each is a line over the whole plot."""
+MAX_MARKERS = 16
+"""Markers drawn at most (the latest ones in view): each is a line over the whole plot, one coloured run per row
+for Textual to convert (``tests/benchmarks/bench_chart_markers.py`` measures what they add to a rebuild)."""
 CPU_BUDGET = 0.04
 """While data streams in, rebuilds are spaced so that they take at most about this share of one core."""
 _BUILD_OVERHEAD = (
