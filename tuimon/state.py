@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from tuimon_agent import protocol
 
 from .alerts import ALERT, AlertState
+from .hists import HISTOGRAMS, HistState
 from .layers import ACT_STATS, INPUT_STATS, LAYERS, MODULES, PARAM_STATS, ActState, LayerState
 from .series import CHUNK, Series
 
@@ -120,6 +121,8 @@ class RunState:
         """Per-parameter statistics (``layers`` and ``param_stats`` records)."""
         self.acts = ActState()
         """Per-module output and input statistics (``modules``, ``act_stats`` and ``input_stats`` records)."""
+        self.hists = HistState()
+        """The latest weight and gradient histograms per parameter tensor (``histograms`` records)."""
         # -- end per-layer statistics --
         # -- alerts (tuimon/alerts.py) and chart markers --
         self.markers: collections.deque[Marker] = collections.deque(maxlen=MARKERS_KEPT)
@@ -214,6 +217,9 @@ class RunState:
         elif kind == MODULES:
             self._seen(rec.ts, rec.step)
             self.acts.apply_modules(rec.data)
+        elif kind == HISTOGRAMS:
+            self._seen(rec.ts, rec.step)
+            self.hists.apply(rec.step, rec.data, self.layers.names)
         # -- end per-layer statistics --
         elif kind == ALERT:
             self._seen(rec.ts, rec.step)

@@ -1,25 +1,41 @@
-"""What the per-parameter statistics (``param_stats``) cost a training step, on one CPU thread.
+"""What tuimon's per-layer instruments cost a training step, against TensorBoard and Weights & Biases, on one CPU
+thread; one table.
 
-    python tests/benchmarks/bench_instruments.py [--steps N] [--rounds R]
+    python tests/benchmarks/bench_instruments.py [--steps N] [--rounds R] [--reps K]
 
-Two real models: a deep MLP (100 Linear layers of 316×316: 200 parameter tensors, about 10 M parameters, batch 128,
-Adam) and the demo's digits CNN (``demo/digits.py``, ``build("none", 0)``, its whole training set as one batch).
-For each it times the mean training step (forward, backward, ``optimizer.step()``) bare, with tuimon at the default
-``stats_every`` and with ``stats_every=1`` (rounds interleaved, the median round reported), and one statistics
-pass alone (the pre and post hook's work without an optimizer step). For reference, TensorBoard's
-``SummaryWriter.add_histogram`` over every parameter tensor once (what a histogram per tensor per sample would cost
-the training thread).
+Two real models: the demo's digits CNN (``demo/digits.py``, ``build("none", 0)``, its whole training set as one batch)
+and a deep MLP (100 Linear layers of 316×316: 200 parameter tensors, about 10 M parameters, batch 128, Adam). For
+each, in one process, rounds interleaved and the median round reported (``torch.set_num_threads(1)``):
+
+- ``bare``: the mean training step (forward, backward, ``optimizer.step()``, nothing else), in ms;
+- ``default``: with ``tuimon_agent.watch(model, opt)`` at default settings and ``mon.log(loss=loss)`` each step,
+  over ``--steps`` steps (rounded up to a multiple of ``stats_every`` so that statistics samples are included), plus
+  one histogram pass spread over ``hist_every`` steps (the run is too short to include one);
+- ``norms@1``: with ``stats_every=1, activations=False`` (per-tensor norms and non-finite flags every step);
+- ``hist``: one full histogram pass (``ParamHist.measure``: every weight and gradient, binned on the device);
+- ``tb``: ``SummaryWriter.add_histogram`` for the same tensors (weights and gradients), once;
+- ``wandb``: the extra cost of a step with ``run.watch(model, log="all", log_freq=1)`` (offline run) and
+  ``run.log({"loss": ...})`` against a step with only ``run.log``, i.e. one wandb histogram pass over the same
+  tensors (with ``log_freq`` equal to our ``hist_every`` it pays this every ``hist_every`` steps, as we do).
+
+Every figure but ``bare`` is a ratio to the bare step of the same round (``×`` columns; ``default`` and ``stats@1``
+as overhead in %). TensorBoard and wandb are optional (``pip install tensorboard wandb``, or the ``bench`` extra):
+a missing one prints "not installed". wandb runs with ``WANDB_MODE=offline``, ``WANDB_SILENT=true`` and a temporary
+``WANDB_DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import math
+import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +43,11 @@ import torch
 from torch import nn
 
 import tuimon_agent
-from tuimon_agent import histograms, instruments
+from tuimon_agent import histograms
 from tuimon_agent.monitor import DEFAULT_HIST_BINS, DEFAULT_HIST_EVERY, DEFAULT_STATS_EVERY
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "digits.py"
+Make = Callable[[], tuple[nn.Module, torch.optim.Optimizer, Callable[[], torch.Tensor]]]
 
 
 def _digits() -> Any:
@@ -58,12 +75,42 @@ def _cnn() -> tuple[nn.Module, torch.optim.Optimizer, Callable[[], torch.Tensor]
     return model, opt, lambda: nn.functional.cross_entropy(model(x), y)
 
 
-def _time_steps(make: Callable[[], Any], stats_every: int | None, steps: int) -> float:
-    """Mean seconds per training step (after 3 warm-up steps); ``stats_every=None``: no monitor."""
+def _optional(name: str) -> str | None:
+    """``None`` when ``name`` imports, else why not."""
+    try:
+        __import__(name)
+    except Exception as exc:  # ImportError, or a broken install
+        return f"not installed ({type(exc).__name__})"
+    return None
+
+
+@contextlib.contextmanager
+def _wandb_run() -> Iterator[Any]:
+    """An offline, silent wandb run in a temporary directory."""
+    import wandb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=tmp)
+        run = wandb.init(project="tuimon-bench", dir=tmp, mode="offline")
+        try:
+            yield run
+        finally:
+            run.finish()
+
+
+def _time_steps(make: Make, steps: int, mode: str, wandb_run: Any = None) -> float:
+    """Mean seconds per training step after 3 warm-up steps.
+
+    ``mode``: ``"bare"``; ``"default"`` or ``"stats1"`` (tuimon); ``"wandb_log"`` (``run.log`` only) or
+    ``"wandb_watch"`` (``run.watch(model, log="all", log_freq=1)`` and ``run.log``).
+    """
     model, opt, loss_fn = make()
     mon = None
-    if stats_every is not None:
-        mon = tuimon_agent.watch(model, opt, dir=tempfile.mkdtemp(), publish=False, stats_every=stats_every)
+    if mode in ("default", "stats1"):
+        opts: dict[str, Any] = {"stats_every": 1, "activations": False} if mode == "stats1" else {}
+        mon = tuimon_agent.watch(model, opt, dir=tempfile.mkdtemp(), publish=False, **opts)
+    if mode == "wandb_watch":
+        wandb_run.watch(model, log="all", log_freq=1)
     try:
         for _ in range(3):
             opt.zero_grad()
@@ -77,117 +124,156 @@ def _time_steps(make: Callable[[], Any], stats_every: int | None, steps: int) ->
             opt.step()
             if mon is not None:
                 mon.log(loss=loss)
+            elif wandb_run is not None:
+                wandb_run.log({"loss": loss.item()})
         return (time.perf_counter() - t0) / steps
     finally:
         if mon is not None:
             mon.close()
+        if mode == "wandb_watch":
+            wandb_run.unwatch(model)
 
 
-def _time_pass(make: Callable[[], Any], reps: int = 10) -> float:
-    """Seconds for one statistics pass alone (pre hook's and post hook's work, no optimizer step in between)."""
+def _time_hist_passes(make: Make, reps: int, tb: bool) -> tuple[float, float]:
+    """One histogram pass (``ParamHist.measure``) and ``SummaryWriter.add_histogram`` over every weight and gradient,
+    interleaved, medians of ``reps`` after one warm-up; ``nan`` for TensorBoard when ``tb`` is false."""
     model, opt, loss_fn = make()
     loss_fn().backward()
-    got: list[Any] = []
-    stats = instruments.ParamStats(
-        model,
-        opt,
-        every=1,
-        enqueue=lambda kind, step, payload: got.append(payload),
-        step_of=lambda: 1,
-        on_error=lambda exc: (_ for _ in ()).throw(exc),
-    )
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        stats._measure_before()
-        stats._measure_after()
-        times.append(time.perf_counter() - t0)
-        got.clear()
-    return statistics.median(times)
-
-
-def _time_hist_pass(make: Callable[[], Any], reps: int = 5) -> tuple[float, float, int]:
-    """One histogram pass (``ParamHist.measure``: every weight and gradient binned, on the training thread) against
-    ``SummaryWriter.add_histogram`` for the same tensors (weights and gradients), in the same run.
-
-    Returns:
-        ``(tuimon seconds, add_histogram seconds, tensors)``: medians of ``reps`` passes after one warm-up.
-    """
-    from torch.utils.tensorboard import SummaryWriter
-
-    model, opt, loss_fn = make()
-    loss_fn().backward()
-    got: list[Any] = []
     hist = histograms.ParamHist(
         model,
         opt,
         every=1,
         bins=DEFAULT_HIST_BINS,
-        enqueue=lambda kind, step, payload: got.append(payload),
+        enqueue=lambda kind, step, payload: None,
         step_of=lambda: 1,
         on_error=lambda exc: (_ for _ in ()).throw(exc),
     )
     named = list(model.named_parameters())
     ours, theirs = [], []
-    with SummaryWriter(tempfile.mkdtemp()) as w:
+    writer = None
+    if tb:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(tempfile.mkdtemp())
+    try:
         for rep in range(reps + 1):
             t0 = time.perf_counter()
             hist.measure()
             t1 = time.perf_counter()
-            for name, p in named:
-                w.add_histogram(name, p, rep)
-                if p.grad is not None:
-                    w.add_histogram(f"{name}.grad", p.grad, rep)
+            if writer is not None:
+                for name, p in named:
+                    writer.add_histogram(name, p, rep)
+                    if p.grad is not None:
+                        writer.add_histogram(f"{name}.grad", p.grad, rep)
             t2 = time.perf_counter()
-            got.clear()
             if rep:  # the first is a warm-up
                 ours.append(t1 - t0)
                 theirs.append(t2 - t1)
-    n = len(named) + sum(p.grad is not None for _n, p in named)
-    return statistics.median(ours), statistics.median(theirs), n
+    finally:
+        if writer is not None:
+            writer.close()
+    return statistics.median(ours), (statistics.median(theirs) if tb else math.nan)
+
+
+def _row(name: str, make: Make, args: argparse.Namespace, why_not: dict[str, str | None]) -> list[str]:
+    d = DEFAULT_STATS_EVERY
+    steps_default = max(d, math.ceil(args.steps / d) * d)
+    modes = ["bare", "default", "stats1"]
+    run_cm = _wandb_run() if why_not["wandb"] is None else contextlib.nullcontext()
+    with run_cm as run:
+        if run is not None:
+            modes += ["wandb_log", "wandb_watch"]
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        ratios: dict[str, list[float]] = {m: [] for m in modes}
+        for _ in range(args.rounds):
+            for m in modes:
+                n = {
+                    "default": steps_default,
+                    "wandb_log": args.wandb_steps,
+                    "wandb_watch": args.wandb_steps,
+                }.get(m, args.steps)
+                times[m].append(_time_steps(make, n, m, run if m.startswith("wandb") else None))
+            bare = times["bare"][-1]
+            for m in modes:
+                ref = times["wandb_log"][-1] if m == "wandb_watch" else bare
+                ratios[m].append((times[m][-1] - ref) / bare)
+    bare = statistics.median(times["bare"])
+    hist, tb = _time_hist_passes(make, args.reps, why_not["tensorboard"] is None)
+    model = make()[0]
+    n = len(list(model.parameters()))
+    numel = sum(p.numel() for p in model.parameters())
+    default = statistics.median(ratios["default"]) + hist / DEFAULT_HIST_EVERY / bare
+    wandb = statistics.median(ratios["wandb_watch"]) if run is not None else math.nan
+
+    def x(v: float) -> str:
+        return "n/a" if math.isnan(v) else f"{v:.2f}×"
+
+    return [
+        name,
+        str(n),
+        f"{numel / 1e6:.2f}M",
+        f"{bare * 1e3:.1f}",
+        f"{default * 100:+.2f}%",
+        f"{statistics.median(ratios['stats1']) * 100:+.1f}%",
+        x(hist / bare),
+        x(tb / bare) if why_not["tensorboard"] is None else "not installed",
+        x(wandb) if run is not None else "not installed",
+        "n/a" if math.isnan(tb) else f"{tb / hist:.1f}×",
+        "n/a" if math.isnan(wandb) else f"{wandb * bare / hist:.1f}×",
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per configuration and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5, help="histogram passes timed (after one warm-up)")
+    parser.add_argument(
+        "--wandb-steps", type=int, default=5, help="timed steps of the two wandb configurations"
+    )
+    parser.add_argument("--models", default="digits,mlp", help="comma-separated: digits, mlp")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    d, h = DEFAULT_STATS_EVERY, DEFAULT_HIST_EVERY
+    why_not = {name: _optional(name) for name in ("tensorboard", "wandb")}
+    versions = [f"torch {torch.__version__}"]
+    for name in ("tensorboard", "wandb"):
+        versions.append(f"{name} {why_not[name] or sys.modules[name].__version__}")
     print(
-        f"torch {torch.__version__}, 1 CPU thread, {args.rounds} rounds × {args.steps} steps, default every={d}, "
-        f"hist_every={h}, hist_bins={DEFAULT_HIST_BINS}"
+        f"{', '.join(versions)}; 1 CPU thread; {args.rounds} rounds × {args.steps} steps (default: "
+        f"{max(DEFAULT_STATS_EVERY, math.ceil(args.steps / DEFAULT_STATS_EVERY) * DEFAULT_STATS_EVERY)}), wandb: {args.wandb_steps}), "
+        f"medians; stats_every={DEFAULT_STATS_EVERY}, hist_every={DEFAULT_HIST_EVERY}, hist_bins={DEFAULT_HIST_BINS}"
     )
-    head = (
-        f"{'model':<10} {'tensors':>7} {'params':>9} {'bare ms':>8} {f'every={d} ms':>12} {'every=1 ms':>11} "
-        f"{f'ovh {d}':>7} {'ovh 1':>7} {'pass ms':>8} {f'pass/{d}':>8} {'hist ms':>8} {'tb ms':>8} {'tb/hist':>7} "
-        f"{f'hist/{h}':>8}"
+    head = [
+        "model",
+        "tensors",
+        "params",
+        "bare ms",
+        "default",
+        "norms@1",
+        "hist pass",
+        "tb pass",
+        "wandb pass",
+        "tb/hist",
+        "wandb/hist",
+    ]
+    makes: dict[str, tuple[str, Make]] = {"digits": ("digits CNN", _cnn), "mlp": ("deep MLP", _mlp)}
+    rows = [_row(*makes[m.strip()], args, why_not) for m in args.models.split(",") if m.strip()]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    print(
+        "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True)))
     )
-    print(head)
-    print("-" * len(head))
-    for name, make in (("deep MLP", _mlp), ("digits", _cnn)):
-        rounds: dict[Any, list[float]] = {None: [], d: [], 1: []}
-        for _ in range(args.rounds):
-            for every in rounds:
-                rounds[every].append(_time_steps(make, every, args.steps))
-        bare, dflt, one = (statistics.median(rounds[k]) for k in (None, d, 1))
-        one_pass = _time_pass(make)
-        hist, tb, _n = _time_hist_pass(make)
-        model = make()[0]
-        n = len(list(model.parameters()))
-        numel = sum(p.numel() for p in model.parameters())
+    print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    for r in rows:
         print(
-            f"{name:<10} {n:>7} {numel / 1e6:>8.2f}M {bare * 1e3:>8.2f} {dflt * 1e3:>12.2f} {one * 1e3:>11.2f} "
-            f"{(dflt / bare - 1) * 100:>6.1f}% {(one / bare - 1) * 100:>6.1f}% {one_pass * 1e3:>8.2f} "
-            f"{one_pass / d / bare * 100:>7.2f}% {hist * 1e3:>8.1f} {tb * 1e3:>8.1f} {tb / hist:>6.1f}× "
-            f"{hist / h / bare * 100:>7.3f}%"
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         )
     print(
-        "ovh: mean step time with tuimon over bare (includes mon.log and noise); pass: one statistics pass alone; "
-        f"pass/{d}: its cost per step at the default interval, as a share of a bare step; hist: one histogram "
-        "pass (every weight and gradient, binned by ParamHist on the training thread); tb: "
-        "SummaryWriter.add_histogram for the same tensors in the same run; tb/hist: how much cheaper the pass is; "
-        f"hist/{h}: the pass's cost per step at the default hist_every, as a share of a bare step."
+        "default / norms@1: a step's extra time with tuimon at default settings / with stats_every=1 and "
+        "activations=False, in % of the bare "
+        f"step (default adds one histogram pass / {DEFAULT_HIST_EVERY}); hist pass, tb pass, wandb pass: one pass over "
+        "every weight and gradient, in bare steps (ours binned by ParamHist on the training thread; "
+        "SummaryWriter.add_histogram; wandb.watch(log='all') hooks, the extra time of a log_freq=1 step); tb/hist, "
+        "wandb/hist: how many of our passes fit in theirs."
     )
 
 

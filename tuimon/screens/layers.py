@@ -17,14 +17,18 @@ from textual.widgets import Footer, Input, Static
 
 from ..layers import LayerState
 from ..state import RunState
-from ..widgets import GradHeatmap, LayerTable
-from ..widgets.grad_heatmap import STATS
+from ..widgets import GradHeatmap, HistView, LayerTable
+from ..widgets.grad_heatmap import ACT_STATS, STATS
 from ..widgets.layer_table import ActTable, input_line
 
 EMPTY_NOTE = "no per-layer statistics in this run — watch(model, optimizer) records them every N steps"
 """What the screen says when the run has sent no ``layers`` record."""
-STAT_KEYS: tuple[str, ...] = ("grad_norm", "update_ratio", "weight_norm", "grad_zero")
-"""The statistics keys ``1``–``4`` pick, in that order."""
+STAT_KEYS: tuple[str, ...] = ("grad_norm", "update_ratio", "weight_norm", "grad_zero", "dead", "saturated")
+"""The statistics keys ``1``–``6`` pick, in that order (``5`` and ``6``: module outputs, from ``act_stats``)."""
+HIST_EMPTY_NOTE = (
+    "no histograms in this run yet (watch(..., hist_every=N) records them every N steps, default 500)"
+)
+"""What the histogram pane says before the run's first ``histograms`` record."""
 
 
 class LayersScreen(Screen[None]):
@@ -48,6 +52,9 @@ class LayersScreen(Screen[None]):
         Binding("2", "stat('update_ratio')", "Update ratio", show=False),
         Binding("3", "stat('weight_norm')", "Weight norm", show=False),
         Binding("4", "stat('grad_zero')", "Zeros", show=False),
+        Binding("5", "stat('dead')", "Dead units", show=False),
+        Binding("6", "stat('saturated')", "Saturated", show=False),
+        Binding("h", "hists", "Histograms"),
         Binding("a", "activations", "Activations"),
         Binding("o", "sort", "Sort"),
         Binding("slash", "filter", "Filter", key_display="/"),
@@ -67,11 +74,14 @@ class LayersScreen(Screen[None]):
         """The statistic the heatmap shows (one of :data:`STAT_KEYS`)."""
         self._title_key: tuple[object, ...] | None = None
         self._input_line = ""
+        self.selected: str | None = None
+        """The parameter tensor whose histograms the pane shows (``None``: the first)."""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="layers-title")
         with Container(id="layers-body"):
             yield GradHeatmap(id="heatmap")
+            yield HistView(id="hist-view")
             with Vertical(id="layers-side"):
                 yield Input(
                     placeholder="filter by name (enter keeps it, escape clears it)", id="layers-filter"
@@ -90,6 +100,9 @@ class LayersScreen(Screen[None]):
         acts = self.query_one(ActTable)
         acts.border_title = "activations"
         acts.border_subtitle = "a parameters"
+        hist = self.query_one(HistView)
+        hist.border_title = "histograms"
+        hist.border_subtitle = "newest on top · colour = count (log) · h heatmap"
         heatmap.focus()
         self.update(self._state if self._state is not None else RunState())
 
@@ -108,7 +121,8 @@ class LayersScreen(Screen[None]):
         layers = state.layers
         self.set_class(not layers.params, "-empty")
         heatmap = self.query_one(GradHeatmap)
-        heatmap.update(layers, self.stat)
+        heatmap.update(state.acts if self.stat in ACT_STATS else layers, self.stat)
+        self.query_one(HistView).update(state.hists, self.selected, empty_note=HIST_EMPTY_NOTE)
         self.query_one(LayerTable).update(layers, state.acts)
         acts = state.acts
         self.set_class(bool(acts.modules), "-has-acts")
@@ -121,24 +135,79 @@ class LayersScreen(Screen[None]):
         self._title(layers)
 
     def _title(self, layers: LayerState) -> None:
-        key = (id(layers), layers.version, self.stat)
+        key = (id(layers), layers.version, self.stat, self.size.width)
         if key == self._title_key:
             return
         self._title_key = key
+        step = f"step {layers.latest_step}" if layers.latest_step is not None else "no sample yet"
+        head = f"layers · {step}   "
+        full = sum(len(f"{i} {STATS[s][0]} ") for i, s in enumerate(STAT_KEYS, 1))
+        short = len(head) + full > self.size.width - 2  # narrow: only the chosen statistic is named
         parts = []
         for i, stat in enumerate(STAT_KEYS, 1):
-            label = f"{i} {STATS[stat][0]}"
+            label = f"{i} {STATS[stat][0]}" if stat == self.stat or not short else str(i)
             parts.append(f"[reverse b]{label}[/]" if stat == self.stat else f"[$text-muted]{label}[/]")
-        step = f"step {layers.latest_step}" if layers.latest_step is not None else "no sample yet"
         self.query_one("#layers-title", Static).update(
             Content.from_markup(f"[b]layers[/b] · {step}   " + " ".join(parts))
         )
 
-    def action_stat(self, stat: str) -> None:
-        """Show another statistic in the heatmap."""
-        self.stat = stat
-        self.query_one(GradHeatmap).update(self.layer_state, stat)
+    def on_resize(self) -> None:
         self._title(self.layer_state)
+
+    def action_stat(self, stat: str) -> None:
+        """Show another statistic in the heatmap (in place of the histograms, if they are shown)."""
+        state = self._state or RunState()
+        if stat in ACT_STATS and not state.acts.modules:
+            self.notify("no activation statistics in this run", timeout=2)
+            return
+        self.stat = stat
+        self.remove_class("-hists")
+        heatmap = self.query_one(GradHeatmap)
+        heatmap.update(state.acts if stat in ACT_STATS else state.layers, stat)
+        self._title(self.layer_state)
+
+    def action_hists(self) -> None:
+        """Show the selected tensor's histograms in place of the heatmap, or the heatmap again.
+
+        The tensor is the one last chosen in the table (enter, or moving its cursor while the histograms show);
+        before any choice, the heatmap's cursor row when it is one tensor, else the table's cursor row.
+        """
+        self.toggle_class("-hists")
+        if not self.has_class("-hists"):
+            self.query_one(GradHeatmap).focus()
+            return
+        if self.selected is None:
+            heatmap, table = self.query_one(GradHeatmap), self.query_one(LayerTable)
+            rows = heatmap.rows
+            if self.stat not in ACT_STATS and not heatmap.grouped and 0 <= heatmap.cursor_row < len(rows):
+                self.selected = rows[heatmap.cursor_row][0]
+            elif 0 <= table.cursor_row < len(table.names):
+                self.selected = table.names[table.cursor_row]
+        self._show_selected()
+        self.remove_class("-acts")
+        self.query_one(LayerTable).focus()
+
+    def _show_selected(self) -> None:
+        state = self._state or RunState()
+        self.query_one(HistView).update(state.hists, self.selected, empty_note=HIST_EMPTY_NOTE)
+        if self.selected is not None and self.selected in self.query_one(LayerTable).names:
+            table = self.query_one(LayerTable)
+            row = table.names.index(self.selected)
+            if table.cursor_row != row:
+                table.move_cursor(row=row, animate=False)
+
+    @on(LayerTable.RowSelected, "#layer-table")
+    def _row_selected(self, event: LayerTable.RowSelected) -> None:
+        self.selected = str(event.row_key.value)
+        if not self.has_class("-hists"):
+            self.add_class("-hists")
+        self._show_selected()
+
+    @on(LayerTable.RowHighlighted, "#layer-table")
+    def _row_highlighted(self, event: LayerTable.RowHighlighted) -> None:
+        if self.has_class("-hists") and event.row_key.value is not None:
+            self.selected = str(event.row_key.value)
+            self.query_one(HistView).update((self._state or RunState()).hists, self.selected)
 
     def action_activations(self) -> None:
         """Switch the side table between parameters and activations (both are shown when the screen is wide)."""

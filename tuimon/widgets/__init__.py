@@ -4,6 +4,7 @@ from .alert_panel import AlertPanel
 from .check_details import CheckDetails
 from .checks_table import ChecksTable
 from .grad_heatmap import GradHeatmap
+from .hist_view import HistView
 from .layer_table import LayerTable
 from .metric_chart import MetricChart
 from .metric_list import MetricList
@@ -17,6 +18,7 @@ __all__ = [
     "CheckDetails",
     "ChecksTable",
     "GradHeatmap",
+    "HistView",
     "LayerTable",
     "MetricChart",
     "MetricList",

@@ -4,7 +4,9 @@ Each cell is a half block (``▀``, foreground = the upper row's colour, backgro
 text shows two parameter rows. Colours follow viridis (perceptually uniform, legible to colour-blind readers, and
 still ordered when Rich downsamples it to 256 colours) on a log scale (linear 0–100 % for the zero fraction);
 NaN/Inf cells are bright magenta, outside the map, and counted in the legend. When the tensors outnumber the rows,
-consecutive tensors are grouped by module prefix (``layer3.*``) and each group shows its maximum.
+consecutive tensors are grouped by module prefix (``layer3.*``) and each group shows its maximum. The same widget
+shows the measured modules' dead and saturated output fractions over the run (an :class:`~tuimon.layers.ActState`
+in place of the :class:`~tuimon.layers.LayerState`: modules down instead of tensors).
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ from textual.binding import Binding, BindingType
 from textual.strip import Strip
 from textual.widget import Widget
 
-from ..layers import LayerState
+from ..layers import ActState, LayerState
 from ._style_cache import CachedComponentStyles
 
+FRACTIONS = frozenset({"grad_zero", "dead", "saturated"})
+"""Statistics that are fractions (shown as percentages, on a linear 0–100 % scale)."""
+ACT_STATS = frozenset({"dead", "saturated"})
+"""Statistics of module outputs (an :class:`~tuimon.layers.ActState`), not of parameter tensors."""
 STATS: dict[str, tuple[str, bool]] = {
     "grad_norm": ("grad norm", True),
     "update_ratio": ("update ratio", True),
     "weight_norm": ("weight norm", True),
     "grad_zero": ("zero grads", False),
+    "dead": ("dead units", False),
+    "saturated": ("saturated", False),
 }
 """The statistics the heatmap can show: ``stat: (label, log scale)``."""
 
@@ -128,7 +136,7 @@ def pair_label(upper: str, lower: str | None) -> str:
 
 def format_stat(stat: str, value: float) -> str:
     """A value of a statistic as the legend and the status line show it."""
-    if stat == "grad_zero":
+    if stat in FRACTIONS:
         return f"{value * 100:.3g}%"
     return f"{value:.6g}" if value != 0 else "0"
 
@@ -136,7 +144,7 @@ def format_stat(stat: str, value: float) -> str:
 def _short(stat: str, value: float) -> str:
     return (
         f"{value * 100:.0f}%"
-        if stat == "grad_zero"
+        if stat in FRACTIONS
         else f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
     )
 
@@ -196,7 +204,7 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
-        self._layers: LayerState | None = None
+        self._layers: LayerState | ActState | None = None
         self.stat = "grad_norm"
         """The statistic shown (a key of :data:`STATS`)."""
         self.cursor_row = 0
@@ -224,11 +232,11 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
 
     # -- data in ------------------------------------------------------------------------------------------------
 
-    def update(self, layers: LayerState, stat: str | None = None) -> None:
+    def update(self, layers: LayerState | ActState, stat: str | None = None) -> None:
         """Show ``stat`` (default: the one shown) of ``layers``; cheap when nothing changed.
 
         Args:
-            layers: The per-layer state.
+            layers: The per-layer state, or the activation state for the statistics in :data:`ACT_STATS`.
             stat: A key of :data:`STATS`.
         """
         if stat is not None:
@@ -362,18 +370,24 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
         layers = self._layers
         w, h = self.content_size
         self._lines = []
-        if layers is None or w <= 0 or h <= 0 or not layers.params:
+        if layers is None or w <= 0 or h <= 0 or not layers.names:
             self.rows, self.status, self._lines_rows = [], "", []
             return
+        values, bad = layers.history(self.stat)
+        names = layers.names
+        if self.stat in ACT_STATS:  # only the modules that have this measure (ReLUs for dead units, ...)
+            keep = ~np.isnan(values).all(axis=1) | bad.any(axis=1)
+            if keep.any():
+                names = [n for n, k in zip(names, keep.tolist(), strict=True) if k]
+                values, bad = values[keep], bad[keep]
         lines = self._heat_lines()
-        self.rows = group_rows(layers.names, 2 * lines)
-        self.grouped = len(self.rows) < len(layers.names)
+        self.rows = group_rows(names, 2 * lines)
+        self.grouped = len(self.rows) < len(names)
         self._lines_rows = self._line_rows(lines)
         label_w = self._label_width()
         cells_w = max(1, w - label_w - 1)
         self.cursor_row = max(0, min(len(self.rows) - 1, self.cursor_row))
 
-        values, bad = layers.history(self.stat)
         first_steps, last_steps, counts = layers.steps()
         ncols = self._ncols = values.shape[1]
         if self.grouped:
@@ -501,10 +515,12 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
             self._lines.append(Strip([Segment(" " * start, base), Segment("".join(ticks), axis)]))
 
         self.status = self._status(values, bad, first_steps, last_steps, counts, cursor_cell, total)
-        title = f"{STATS[self.stat][0]} · {len(layers.params)} tensors"
+        title = f"{STATS[self.stat][0]} · {len(names)} {self._noun()}"
+        if len(names) < len(layers.names):
+            title += f" of {len(layers.names)}"
         if self.grouped:
             title += f" in {len(self.rows)} groups (max)"
-        g = layers.global_grad_norm.last_value
+        g = layers.global_grad_norm.last_value if isinstance(layers, LayerState) else None
         if g is not None:
             title += f" · ‖g‖ {g:.4g}"
         if self.border_title != title:
@@ -523,7 +539,7 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
         total: int,
     ) -> str:
         label, a, b = self.rows[self.cursor_row]
-        who = label if b - a == 1 else f"{label} ({b - a} tensors, max)"
+        who = label if b - a == 1 else f"{label} ({b - a} {self._noun()}, max)"
         if not total:
             return f"{who} · no samples yet"
         s0, s1, n = int(first_steps[cell]), int(last_steps[cell]), int(counts[cell])
@@ -536,6 +552,9 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
         else:
             value = format_stat(self.stat, v)
         return f"{who} · {steps} · {STATS[self.stat][0]} {value}"
+
+    def _noun(self) -> str:
+        return "modules" if self.stat in ACT_STATS else "tensors"
 
     # -- paint ------------------------------------------------------------------------------------------------------
 
