@@ -182,7 +182,7 @@ class Controller:
     def _exchange(self, wait: float = 0.0) -> list[tuple[str, str, dict[str, Any], Any]]:
         """Every rank gets rank 0's batch (collective)."""
         if self.rank == 0:
-            if wait and not self.pending:
+            if wait and not self.pending and not self.sync.announced:
                 self.wake.wait(wait)
                 self.wake.clear()
             batch = self._take()

@@ -1,11 +1,13 @@
 """Live commands under torch.distributed: every rank applies rank 0's commands at the same optimizer step.
 
 Only rank 0 has sockets and takes commands. At every optimizer step boundary each rank's controller calls
-:meth:`DistSync.exchange`: rank 0 broadcasts the (usually empty) batch it took from its queue on a gloo group (the
-default group when it is gloo, else one created here with ``dist.new_group(backend="gloo")``), so the same commands
-are applied on every rank before the same ``optimizer.step()``. An empty batch costs one broadcast of one int64;
-a batch costs a second broadcast of its msgpack bytes. While paused, rank 0 broadcasts every
-``control.PAUSE_POLL`` seconds, so no rank sits in a collective long enough to trip its timeout.
+:meth:`DistSync.exchange`: rank 0 announces the (usually empty) batch it took from its queue on a gloo group of
+its own (``dist.new_group(backend="gloo")``, created at the first boundary), and every rank applies the batch
+announced at the previous boundary, so the same commands are applied on every rank before the same
+``optimizer.step()``, one step after rank 0 took them. An empty batch costs one asynchronous broadcast of one
+int64 per step, overlapped with the step's compute; a batch costs a second, blocking broadcast of its msgpack
+bytes. While paused, rank 0 announces every ``control.PAUSE_POLL`` seconds, so no rank sits in a collective long
+enough to trip its timeout.
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ class DistSync:
         self.refused: str | None = None
         """Why commands cannot be applied on every rank (then the gate rejects them), or ``None``."""
         self.broadcasts = 0
+        self._inflight: tuple[Any, Any] | None = None
+        self._announced: list[Any] = []
+        self._payload = b""
+
+    @property
+    def announced(self) -> bool:
+        """Whether rank 0 announced a batch that the next exchange applies."""
+        return bool(self._payload)
 
     def _handshake(self) -> bool:
         import torch.distributed as dist
@@ -104,18 +114,24 @@ class DistSync:
             )
             _warn(self.refused)
             return
-        if dist.get_backend() != "gloo":
-            # CPU tensors on gloo: the exchange never touches the training device's stream.
-            self._group = dist.new_group(backend="gloo")
+        # A group of its own (gloo: CPU tensors, never the training device's stream), so that the asynchronous
+        # announcements never interleave with the model's own collectives on the default group.
+        self._group = dist.new_group(backend="gloo")
 
     def exchange(self, batch: list[tuple[str, str, dict[str, Any], Any]] | None) -> list[Any]:
-        """Rank 0 passes its batch, every other rank ``None``; each gets rank 0's batch back.
+        """Rank 0 passes the batch it just took, every other rank ``None``; each gets back the batch rank 0 took
+        at the previous boundary, to apply now (collective).
 
-        Rank 0 gets its own items (with their reply addresses); other ranks get ``(id, name, args, None)``.
-        When torch.distributed is not (or no longer) initialized, rank 0's batch is returned as is.
+        The announcement is pipelined: at each boundary rank 0 starts an asynchronous broadcast of the size of
+        its new batch, which runs while the step computes and is waited for at the next boundary; only a
+        non-empty batch costs a second, blocking broadcast of its bytes. A command therefore applies one
+        optimizer step after rank 0 took it, at the same step on every rank. Rank 0 gets its own items back
+        (with their reply addresses); other ranks get ``(id, name, args, None)``. When torch.distributed is not
+        (or no longer) initialized, rank 0's batch is returned as is.
         """
         if self.off or not active():
-            return batch or []
+            out, self._announced = (self._announced or []) + (batch or []), []
+            return out
         import torch
         import torch.distributed as dist
 
@@ -124,26 +140,36 @@ class DistSync:
             if self.off:
                 return []
         rank = dist.get_rank()
-        if rank == 0:
-            items = batch or []
-            payload = msgpack.packb([[i, n, a] for i, n, a, _ in items], use_bin_type=True) if items else b""
-            header = torch.tensor([len(payload)], dtype=torch.int64)
-        else:
-            header = torch.zeros(1, dtype=torch.int64)
-        dist.broadcast(header, src=0, group=self._group)
-        self.broadcasts += 1
-        size = int(header.item())
-        if size == 0:
-            return (batch or []) if rank == 0 else []
-        buf = (
-            torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-            if rank == 0
-            else torch.empty(size, dtype=torch.uint8)
+        out: list[Any] = []
+        if self._inflight is not None:
+            work, header = self._inflight
+            self._inflight = None
+            work.wait()
+            size = int(header.item())
+            if size:
+                buf = (
+                    torch.frombuffer(bytearray(self._payload), dtype=torch.uint8)
+                    if rank == 0
+                    else torch.empty(size, dtype=torch.uint8)
+                )
+                dist.broadcast(buf, src=0, group=self._group)
+                if rank == 0:
+                    out = self._announced
+                else:
+                    out = [(i, n, a, None) for i, n, a in msgpack.unpackb(buf.numpy().tobytes(), raw=False)]
+        items = batch or []
+        self._announced = items
+        self._payload = (
+            msgpack.packb([[i, n, a] for i, n, a, _ in items], use_bin_type=True) if items else b""
         )
-        dist.broadcast(buf, src=0, group=self._group)
-        if rank == 0:
-            return items
-        return [(i, n, a, None) for i, n, a in msgpack.unpackb(buf.numpy().tobytes(), raw=False)]
+        header = (
+            torch.tensor([len(self._payload)], dtype=torch.int64)
+            if rank == 0
+            else torch.zeros(1, dtype=torch.int64)
+        )
+        self._inflight = (dist.broadcast(header, src=0, group=self._group, async_op=True), header)
+        self.broadcasts += 1
+        return out
 
     def barrier(self) -> None:
         """Every rank waits here until all arrive (after rank 0 wrote a checkpoint)."""
