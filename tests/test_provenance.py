@@ -264,3 +264,40 @@ def test_the_replay_leaves_buffers_and_random_state_as_they_were(tmp_path: Path)
     for a, b in zip(watched[0], bare[0], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(watched[1], bare[1], rtol=0, atol=0)
+
+
+def test_a_forward_that_cannot_run_twice_is_reported_and_monitoring_goes_on(tmp_path: Path) -> None:
+    class Once(nn.Module):
+        """Raises when called again within the same step (a forward with a side effect)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = Boom(6, 3)
+            self.step = -1
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError(f"called {self.calls} times in step {self.step}")
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    model = Once()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = tuimon_agent.watch(model, opt, dir=tmp_path, publish=False, stats_every=4, hist_every=0)
+    for step in range(1, 10):
+        model.step, model.calls = step, 0
+        model.fc.armed = math.nan if step == 3 else None
+        loss = nn.functional.cross_entropy(model(torch.randn(8, 6)), torch.randint(0, 3, (8,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    mon.close()
+    (event,) = _events(mon)
+    assert (event["first_step"], event["how"], event["layer"]) == (3, "replay", None)
+    assert "the replay failed (RuntimeError: called 2 times in step 3)" in event["message"]
+    assert mon.run_file is not None
+    with RunFileReader(mon.run_file) as r:
+        assert [rec.step for rec in r.records() if rec.kind == protocol.PARAM_STATS] == [4, 8]

@@ -246,7 +246,12 @@ class ActStats:
             return
         self._prov_done = True
         last, self._last = self._last, None
-        self._enqueue("prov", self._step_of(), self._replay(root, *last))
+        try:
+            found = self._replay(root, *last)
+        except Exception as exc:  # the model's forward would not run twice: say so, keep monitoring
+            msg = f"the replay failed ({type(exc).__name__}: {exc})"[:300]
+            found = {"of": "activation", "layer": None, "weights": [], "note": msg}
+        self._enqueue("prov", self._step_of(), found)
 
     def _replay(self, root: Any, args: Any, kwargs: Any, rng: Any) -> dict[str, Any]:
         """Run the forward again from the same arguments and CPU random state, under ``no_grad`` with every module

@@ -40,8 +40,14 @@ class ParamHist:
     record (:func:`hist_payload`). A parameter with no gradient has NaN ``lo``/``hi`` and zero
     counts in the gradient row.
 
+    On the CPU, a tensor whose values are all finite (known from its ``aminmax``) with a safe range takes a shorter
+    path with the same counts (:func:`_bin_finite`: no NaN/Inf slots, no clamping, int32 bin indices), and the
+    small ones (at most :data:`SMALL_NUMEL` elements, where per-call overhead dominates) are binned together,
+    concatenated in chunks of at most a million elements with one ``bincount`` each (:func:`_bin_small`).
+
     Memory: on sampled steps, a few transient per-element buffers of the largest parameter tensor (its int64 bin
-    indices, a float32 copy when it is not float32); nothing retained grows with training.
+    indices, a float32 copy when it is not float32), or of one chunk of small tensors; nothing retained grows with
+    training.
 
     Args:
         model: The module (wrappers are unwrapped).

@@ -141,6 +141,8 @@ class Provenance:
                 )
         elif of == "input":
             note = "the model's input was not finite"
+        elif found.get("note"):
+            note = str(found["note"])
         elif layer is None:
             note = "no watched module's output was non-finite in the replay (not reproduced, or outside them)"
         return self._finish(
