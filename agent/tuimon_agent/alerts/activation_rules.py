@@ -3,8 +3,8 @@
 Both read the ``dead`` / ``saturated`` fractions of ``act_stats`` records (one sampled training forward every
 ``stats_every`` steps). A single batch over-counts dead units (a rarely-active unit can be silent for all of a
 small batch), so the statistic is the **minimum over the last K samples**: a lower bound on the fraction that was
-dead (or saturated) in *every* one of them. ``K = max(3, ceil(256 / batch))`` samples, so that the window spans at
-least 256 inputs whatever the batch size (the batch is the first dimension of the latest ``input_stats``; 32 is
+dead (or saturated) in *every* one of them. ``K = max(2, ceil(128 / batch))`` samples, so that the window spans at
+least 128 inputs whatever the batch size (the batch is the first dimension of the latest ``input_stats``; 32 is
 assumed without it).
 
 ``dead_units`` (scope: the activation module's name)
@@ -16,6 +16,9 @@ assumed without it).
     On at a sustained saturated fraction (``|y| > 0.99`` for tanh, within 0.01 of 0 or 1 for sigmoid) ``>= 0.5``,
     ``critical`` at ``>= 0.9``; off at ``<= 0.3`` for 3 samples. Same attribution as ``dead_units``: a diverging
     run pins tanh units at ±1 as a consequence, not a cause.
+
+Both wait until :data:`SURE_LOSSES` training losses were logged (when the run logs any) before the first report, so
+that a loss diverging from its first steps is seen as the cause; the onset is still the first sample of the window.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from ..protocol import Record
 from .base import CRITICAL, INFO, WARNING, Context, Finding, Hysteresis, Rule, Window
 from .layer_common import RELU_FAMILY, SATURATING, LossTrend, array, fnum
 
-SPAN_INPUTS = 256
+SPAN_INPUTS = 128
 """Inputs the dead/saturated window spans at least."""
-MIN_SAMPLES = 3
+MIN_SAMPLES = 2
 """Samples the window holds at least."""
 MAX_SAMPLES = 32
 """Samples the window holds at most."""
+SURE_LOSSES = 10
+"""Training losses seen (when any are logged) before an alert is reported."""
 DEFAULT_BATCH = 32
 """Batch size assumed when no ``input_stats`` says it."""
 
@@ -93,10 +98,12 @@ class _FractionRule(Rule):
             recent = w.array()[-k:]
             low = float(recent.min())
             changed = st.update(low, step)
+            if changed and st.on:
+                st.onset = int(w.steps()[-k])  # the first sample of the window that showed it
             if st.on:
-                onset = int(w.steps()[-k]) if changed else (st.onset if st.onset is not None else step)
-                if changed:
-                    st.onset = onset
+                if 0 < self.loss.count < SURE_LOSSES:
+                    continue  # on, but said only once a few losses tell a divergence (the cause) from this
+                onset = st.onset if st.onset is not None else step
                 out.append(self._finding(name, str(m.get("type")), step, onset, low, float(recent.mean()), k))
             elif changed:
                 out.append(self.resolved(name, step))

@@ -214,6 +214,8 @@ class VanishingGradients(Rule):
     def __init__(self) -> None:
         self.index = WeightIndex()
         self.d = Window(5)
+        self.early = Window(5)  # log10 RMS of the early and the late layers, smoothed for the evidence
+        self.late = Window(5)
         self.loss = LossTrend()
         self.since: int | None = None  # first sample of the current stretch with d <= -3 (the onset)
         self.explained = False  # half of some layer's units dead or saturated in the latest act_stats
@@ -248,6 +250,8 @@ class VanishingGradients(Rule):
         k = max(1, len(lr) // 4)
         early, late = float(np.median(lr[:k])), float(np.median(lr[-k:]))
         self.d.add(early - late, step)
+        self.early.add(early, step)
+        self.late.add(late, step)
         d = self.d.median()
         self.since = (self.since if self.since is not None else step) if d <= -3.0 else None
         # Judge "the loss is not learning" only on a full window of losses (none logged: on gradients alone).
@@ -270,9 +274,9 @@ class VanishingGradients(Rule):
                 metric=ctx.loss_name,
                 confidence=min(1.0, -d / 6),
                 evidence={
-                    "decades": round(d, 2),
-                    "early_rms": 10**early,
-                    "late_rms": 10**late,
+                    "decades": round(d, 1),
+                    "early_rms": 10 ** self.early.median(),
+                    "late_rms": 10 ** self.late.median(),
                     "loss": self.loss.recent,
                     "loss_start": self.loss.early,
                 },
