@@ -9,11 +9,12 @@ references (the first value, the first block's median, the best smoothed level),
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 
 import numpy as np
 
-from .base import mad
+from .base import mad, median
 
 BLOCK = 10
 """Finite loss values per block."""
@@ -69,18 +70,17 @@ class LossCurve:
         self._buf.append(value)
         if len(self._buf) < BLOCK:
             return False
-        arr = np.asarray(self._buf)
-        self._buf.clear()
-        med = float(np.median(arr))
+        med = median(self._buf)
         self._med.append(med)
-        self._mad.append(mad(arr))
+        self._mad.append(mad(self._buf))
+        self._buf.clear()
         self._end.append(step)
         self._lr.append(lr if lr is not None else math.nan)
         self.blocks_total += 1
         if self.blocks_total == 1:
             self.first_block = med
         if len(self._med) >= 3:
-            smooth = float(np.median([self._med[-1], self._med[-2], self._med[-3]]))
+            smooth = median((self._med[-1], self._med[-2], self._med[-3]))
             if not smooth >= self.best:  # also when best is NaN
                 self.best, self.best_step = smooth, step
         return True
@@ -100,13 +100,13 @@ class LossCurve:
         n = len(self._med)
         if n < last + skip:
             return math.nan
-        return float(np.median(self.medians()[n - skip - last : n - skip]))
+        return median(itertools.islice(self._med, n - skip - last, n - skip))
 
     def spread(self, last: int = 10) -> float:
         """The median within-block MAD of the newest ``last`` blocks: the minibatch noise at the current level."""
         if not self._mad:
             return math.nan
-        return float(np.median(list(self._mad)[-last:]))
+        return median(itertools.islice(self._mad, max(0, len(self._mad) - last), None))
 
     def step_at(self, back: int = 0) -> int | None:
         """The step at the end of the block ``back`` blocks before the newest."""

@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
@@ -48,14 +48,11 @@ class AlertState:
         payload: The latest record payload emitted for it (the alert spec's ``d``).
         active: Whether it is active.
         last_emit_step: The step of the latest record emitted for it.
-        seen: A counter that orders ids by last use (for eviction).
     """
 
     payload: dict[str, Any]
     active: bool
     last_emit_step: int
-    seen: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Diagnoser:
@@ -90,7 +87,6 @@ class Diagnoser:
             for k in r.kinds:
                 self._by_kind.setdefault(k, []).append(r)
         self._alerts: dict[str, AlertState] = {}
-        self._clock = 0
         self.records_fed = 0
 
     @property
@@ -157,13 +153,13 @@ class Diagnoser:
             raise ValueError(f"rule {rule.name!r} returned a finding for rule {f.rule!r}")
         aid = f.id
         st = self._alerts.get(aid)
-        self._clock += 1
         step = int(f.step)
         if not f.active:
             if st is None or not st.active:
                 return None
             payload = dict(st.payload, state="resolved", last_step=step)
-            st.payload, st.active, st.last_emit_step, st.seen = payload, False, step, self._clock
+            st.payload, st.active, st.last_emit_step = payload, False, step
+            self._touch(aid, st)
             self.ctx.set_active(aid, None)
             return self._record(payload, record)
         if f.severity not in SEVERITIES:
@@ -191,11 +187,11 @@ class Diagnoser:
             "actions": list(f.actions),
         }
         if new:
-            self._remember(aid, AlertState(payload, True, step, self._clock))
+            self._remember(aid, AlertState(payload, True, step))
             self.ctx.set_active(aid, severity)
             return self._record(payload, record)
         assert st is not None
-        st.seen = self._clock
+        self._touch(aid, st)
         old = st.payload
         due = (
             severity != old["severity"]
@@ -210,14 +206,18 @@ class Diagnoser:
         st.last_emit_step = step
         return self._record(payload, record)
 
+    def _touch(self, aid: str, st: AlertState) -> None:
+        """Move an id to the end of the table: the table is in least-recently-used order."""
+        del self._alerts[aid]
+        self._alerts[aid] = st
+
     def _remember(self, aid: str, st: AlertState) -> None:
         alerts = self._alerts
         alerts.pop(aid, None)
         alerts[aid] = st
         if len(alerts) > MAX_ALERTS:
             # Forget the least recently used resolved alert (or, if all are active, the least recently used one).
-            victims = [k for k, v in alerts.items() if not v.active] or list(alerts)
-            oldest = min(victims, key=lambda k: alerts[k].seen)
+            oldest = next((k for k, v in alerts.items() if not v.active), next(iter(alerts)))
             if alerts[oldest].active:
                 self.ctx.set_active(oldest, None)
             del alerts[oldest]

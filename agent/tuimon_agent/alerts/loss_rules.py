@@ -22,7 +22,20 @@ import numpy as np
 
 from .. import protocol
 from ..protocol import Record
-from .base import CRITICAL, INFO, WARNING, Context, Finding, Hysteresis, Rule, Window, mad, set_clip, set_lr
+from .base import (
+    CRITICAL,
+    INFO,
+    WARNING,
+    Context,
+    Finding,
+    Hysteresis,
+    Rule,
+    Window,
+    mad,
+    median,
+    set_clip,
+    set_lr,
+)
 from .curve import BLOCK, LossCurve
 
 LAYER_CAUSES = frozenset(
@@ -306,7 +319,7 @@ class Overfitting(_EvalRule):
         changed = self.state.update(score, step)
         if not self.state.on:
             return [self.resolved("global", step)] if changed else None
-        recent = float(np.median([e[1] for e in list(self.evals)[-3:]]))
+        recent = median([e[1] for e in list(self.evals)[-3:]])
         return [
             self.active(
                 "global",
@@ -338,10 +351,10 @@ class Overfitting(_EvalRule):
         if self.evals_since_min < 3 or len(self.evals) < 4:
             return 0.0
         vals = np.array([e[1] for e in self.evals])
-        recent = float(np.median(vals[-3:]))
+        recent = median(vals[-3:])
         rise = recent - self.val_min
         scale = _scale(self.curve.first, self.val_first)
-        noise = 3 * mad(np.diff(vals)) if len(vals) >= 4 else 0.0
+        noise = 3 * mad(np.diff(vals).tolist()) if len(vals) >= 4 else 0.0
         train_rose = (
             math.isfinite(train)
             and math.isfinite(self.train_at_min)
@@ -390,7 +403,7 @@ class Underfitting(_EvalRule):
         improvement = (c.first_block - level) / scale
         drift = (c.level(10, skip=10) - c.level(10)) / scale
         vals = np.array([e[1] for e in list(self.evals)[-3:]])
-        val_now = float(np.median(vals))
+        val_now = median(vals)
         val_flat = float(vals.max() - vals.min()) / scale < 0.05
         gap = (val_now - level) / scale
         bad = (
@@ -460,6 +473,8 @@ class LossSpike(_LossRule):
         self.pending: tuple[int, float, float, float, list[float]] | None = None
         self.spikes: collections.deque[int] = collections.deque(maxlen=8)  # value index of recent spikes
         self.index = 0
+        self.baseline = (math.nan, math.nan)
+        self.baseline_at = 0
         self.grad = Window(20)
         self.active_since: int | None = None
         self.last: dict[str, Any] = {}
@@ -482,10 +497,13 @@ class LossSpike(_LossRule):
             after.append(x)
             if len(after) >= self.AFTER:
                 self.pending = None
-                if float(np.median(after)) <= m + 3 * spread:
+                if median(after) <= m + 3 * spread:
                     out.append(self._spike(pstep, px, m, spread, ctx))
         elif len(self.window) >= 32:
-            m, spread = self.window.median(), self.window.mad()
+            if self.index >= self.baseline_at:  # the robust baseline moves slowly: refresh it every 4 values
+                self.baseline = (self.window.median(), self.window.mad())
+                self.baseline_at = self.index + 4
+            m, spread = self.baseline
             height = x - m
             if height >= 10 * max(spread, 1e-12) and height >= 0.25 * max(abs(self.curve.first), abs(m)):
                 self.pending = (step, x, m, spread, [])
