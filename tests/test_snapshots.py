@@ -81,3 +81,44 @@ def test_alert_detail_100x30(snap_compare: Any, tmp_path: Path) -> None:
 
     run = write_run(tmp_path / "run.sqlite", alert_records())
     assert snap_compare(make_app(FileSource(run)), terminal_size=(100, 30), run_before=_alert_detail)
+
+# -- histograms and activations over time (tests/test_hist_view.py records the runs: seeded, one thread) --
+
+
+async def _histograms(pilot: Pilot, *keys: str) -> None:
+    await wait_loaded(pilot)
+    await pilot.press("g", "h", *keys)
+    await pilot.pause()
+
+
+async def _histograms_of_the_nan(pilot: Pilot) -> None:
+    await _histograms(pilot, *["down"] * 5)  # fc3.bias: a NaN gradient at step 36
+
+
+async def _dead_units(pilot: Pilot) -> None:
+    await wait_loaded(pilot)
+    await pilot.press("g", "5")
+    await pilot.pause()
+
+
+def test_histograms_80x24(snap_compare: Any, tmp_path: Path) -> None:
+    from test_hist_view import record_hist_run
+
+    run, _ = record_hist_run(tmp_path)
+    assert snap_compare(make_app(FileSource(run)), terminal_size=(80, 24), run_before=_histograms)
+
+
+def test_histograms_nan_160x48(snap_compare: Any, tmp_path: Path) -> None:
+    from test_hist_view import record_hist_run
+
+    run, _ = record_hist_run(tmp_path)
+    assert snap_compare(make_app(FileSource(run)), terminal_size=(160, 48), run_before=_histograms_of_the_nan)
+
+
+def test_dead_units_over_time_80x24(snap_compare: Any, tmp_path: Path) -> None:
+    from conftest import _make_deterministic
+    from test_activations_view import record_dead_relu_run
+
+    run = record_dead_relu_run(tmp_path)
+    _make_deterministic(run)
+    assert snap_compare(make_app(FileSource(run)), terminal_size=(80, 24), run_before=_dead_units)

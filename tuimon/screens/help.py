@@ -17,6 +17,8 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("c", "show / close the sanity checks (↑ ↓ pick one)"),
     ("g", "show / close the per-layer statistics heatmap and table"),
     ("  1 2 3 4", "layers: grad norm, update ratio, weight norm, zero grads"),
+    ("  5 6", "layers: dead units, saturated outputs, over time"),
+    ("  h  enter", "layers: a tensor's weight / gradient histograms"),
     ("  ← ↑ ↓ →", "layers: move the heatmap's cursor (its value below)"),
     ("  + -  [ ]", "layers: zoom in / out, scroll older / newer"),
     ("  o  /", "layers: sort the table, filter it by name"),

@@ -215,8 +215,11 @@ class HistView(CachedComponentStyles, Widget):
         elif flagged.any():
             last_bad = int(series.steps[recent][np.flatnonzero(flagged)[-1]])
             head.append(Segment(f" NaN/Inf at step {last_bad}", bad_style))
-        info = f" · step {int(series.steps[-1])}" + (f" · {n_shown} samples" if strip_h else "")
-        head.append(Segment(info, axis))
+        used = sum(len(seg.text) for seg in head)
+        for info in (f" · step {int(series.steps[-1])}", f" · {n_shown} samples" if strip_h else ""):
+            if info and used + len(info) <= pw:  # whole or not at all: a cut number would mislead
+                head.append(Segment(info, axis))
+                used += len(info)
         lines.append(_fit(head, pw, base))
 
         span = series.span(RECENT)
@@ -303,7 +306,7 @@ def _axis(lo: float, hi: float, width: int) -> str:
     chars[width - len(right) :] = right
     if lo < 0 < hi:
         x = int((0 - lo) / (hi - lo) * width)
-        if len(left) + 1 <= x and x + 1 < width - len(right):
+        if len(left) + 2 <= x and x + 2 < width - len(right):
             chars[x] = "0"
     return "".join(chars)
 
