@@ -114,9 +114,14 @@ def alert_records() -> list[protocol.Record]:
     ]
 
 
-def write_run(path: Path, extra: list[protocol.Record], *, steps: int = 400) -> Path:
+MODULES = [("fc1", "Linear"), ("act1", "ReLU"), ("fc2", "Linear"), ("act2", "ReLU"), ("fc3", "Linear")]
+"""The module index of the hand-made runs (``acts=True``)."""
+
+
+def write_run(path: Path, extra: list[protocol.Record], *, steps: int = 400, acts: bool = False) -> Path:
     """A finished run: hello, a parameter index, ``steps`` metrics (a loss that falls, spikes at 250 and rises
-    from 300), eval every 20 steps, param_stats every 10 steps; ``extra`` records go in at their steps."""
+    from 300), eval every 20 steps, param_stats every 10 steps (and with ``acts``, a module index and act_stats
+    where act1's dead fraction climbs to 90 %); ``extra`` records go in at their steps."""
     w = RunFileWriter(path, meta={"run_id": "rid-alerts", "name": "alerts"})
     seq = 0
 
@@ -136,6 +141,8 @@ def write_run(path: Path, extra: list[protocol.Record], *, steps: int = 400) -> 
     )
     index = [{"name": n, "shape": [4, 4], "numel": 16, "module": n.rsplit(".", 1)[0]} for n in PARAMS]
     rec(protocol.LAYERS, 0, {"params": index})
+    if acts:
+        rec(protocol.MODULES, 0, {"modules": [{"name": n, "type": t} for n, t in MODULES]})
     pending = sorted(extra, key=lambda r: r.step or 0)
     for s in range(1, steps + 1):
         loss = 2.0 * math.exp(-s / 100) + 0.1 + (5.0 if s == 250 else 0.0) + max(0, s - 300) * 0.02
@@ -158,6 +165,14 @@ def write_run(path: Path, extra: list[protocol.Record], *, steps: int = 400) -> 
                     "update_ratio": 1e-3 * ones,
                     "global_grad_norm": float(g.sum()),
                 },
+            )
+        if acts and s % 10 == 0:
+            dead = np.array([0, min(0.9, s / 300), 0, 0.05, 0], dtype=np.float32)
+            zeros = np.zeros(len(MODULES), np.float32)
+            rec(
+                protocol.ACT_STATS,
+                s,
+                {"mean": zeros + 0.5, "std": zeros + 1, "dead": dead, "saturated": zeros, "nonfinite": zeros},
             )
         while pending and (pending[0].step or 0) <= s:
             add(pending.pop(0))
@@ -293,6 +308,39 @@ def test_hostile_fields_are_cut_or_dropped_and_counted() -> None:
     assert [x["command"] for x in a.actions] == ["set_lr", "set_clip"]
     assert len(a.actions[0]["label"]) == MAX_TEXT and a.actions[1]["args"] == {"max_norm": 1.0}
     assert describe_action("set_clip", a.actions[1]["args"]) == "set_clip max_norm=1"
+
+
+async def test_hostile_alert_records_in_a_run_file_are_shown_safely_and_counted(tmp_path: Path) -> None:
+    evil = {
+        **EXPLODING,
+        "id": "x[/]:[b]y",
+        "rule": "rule[/b]",
+        "layers": ["[red]layer[/]" * 50],
+        "message": "[bold]not markup[/bold] [link=x]" + "y" * 10_000,
+        "evidence": {"[k]": "[v]", "n": float("inf")},
+        "remedies": ["[/]", "fine"],
+        "actions": [{"command": "set_lr", "args": {"value": float("nan")}, "label": "[/]"}],
+    }
+    bad = [
+        alert(50, **{"id": "a:b", "rule": "a", "state": "active"}),  # no severity
+        protocol.Record(protocol.ALERT, 0, 60, 1000.0, {"id": 5}),
+    ]
+    run = write_run(tmp_path / "run.sqlite", [alert(300, **evil), *bad])
+    async with make_app(FileSource(run)).run_test(size=(100, 30)) as pilot:
+        await _loaded(pilot)
+        panel = pilot.app.overview.query_one(AlertPanel)
+        assert [a.id for a in panel.alerts] == ["x[/]:[b]y"] and pilot.app.state.alerts.malformed == 2
+        assert "rule[/b]" in str(panel.render()) and "[bold]not markup[/bold]" in str(panel.render())
+        assert "2 bad records ignored" in panel.border_subtitle
+        pilot.app.overview.open_alert("x[/]:[b]y")
+        await pilot.pause()
+        details = _text(pilot.app.screen.query_one("#alert-details", Static))
+        assert "[k]  [v]" in details and "n    inf" in details
+        assert "a  set_lr  [/]" in details  # a NaN argument is dropped, not sent
+    async with make_app(FileSource(run)).run_test(size=(80, 24)) as pilot:
+        await _loaded(pilot)
+        badge = str(pilot.app.overview.query_one(AlertPanel).render())
+        assert badge.startswith("⚠ 1 alert (1 warning) · 2 bad alert records ignored — press A")
 
 
 def test_active_alerts_and_the_history_are_bounded() -> None:
@@ -466,6 +514,50 @@ async def test_jump_to_the_layers_heatmap_puts_the_cursor_on_the_layer_at_the_on
         assert heatmap.rows[heatmap.cursor_row][0] == "fc3.weight"
         assert heatmap.status.startswith("fc3.weight · step 300 ")  # the sample at the onset, its exact value
         assert "grad norm 1" in heatmap.status
+
+
+DEAD = dict(
+    id="dead_units:act1",
+    rule="dead_units",
+    severity="warning",
+    first_step=200,
+    layers=["act1"],
+    evidence={"dead_fraction": 0.67},
+    message="67% of act1's ReLU units have output zero for every input since step 200",
+    remedies=["Lower the learning rate.", "Use LeakyReLU or GELU."],
+)
+
+
+async def test_a_module_alert_jumps_to_its_activation_row_or_to_the_tensor_before_it(tmp_path: Path) -> None:
+    ratio = {**DEAD, "id": "update_ratio:act1", "rule": "update_ratio", "first_step": 100}
+    run = write_run(tmp_path / "run.sqlite", [alert(200, **DEAD), alert(100, **ratio)], acts=True)
+    async with make_app(FileSource(run)).run_test(size=(100, 30)) as pilot:
+        await _loaded(pilot)
+        pilot.app.overview.open_alert("dead_units:act1")
+        await pilot.pause()
+        await pilot.press("g")
+        for _ in range(10):
+            await pilot.pause(REPAINT_INTERVAL)
+        screen = pilot.app.screen
+        assert (
+            isinstance(screen, LayersScreen) and screen.stat == "dead"
+        )  # the dead-unit map, on the ReLU's row
+        heatmap = screen.query_one(GradHeatmap)
+        assert heatmap.rows[heatmap.cursor_row][0] == "act1" and heatmap.status.startswith("act1 · step 200 ")
+        await pilot.press("escape")
+        await pilot.pause()
+        # A module without parameters and a parameter statistic: the last tensor of the module before it.
+        pilot.app.overview.open_alert("update_ratio:act1")
+        await pilot.pause()
+        await pilot.press("g")
+        for _ in range(10):
+            await pilot.pause(REPAINT_INTERVAL)
+        screen = pilot.app.screen
+        assert isinstance(screen, LayersScreen) and screen.stat == "update_ratio"
+        heatmap = screen.query_one(GradHeatmap)
+        assert heatmap.rows[heatmap.cursor_row][0] == "fc1.bias" and heatmap.status.startswith(
+            "fc1.bias · step 100 "
+        )
 
 
 async def test_jump_to_the_chart_marks_the_onset_and_markers_sit_at_onsets(tmp_path: Path) -> None:

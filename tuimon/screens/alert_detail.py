@@ -11,7 +11,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
-from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
@@ -19,7 +18,7 @@ from textual.widgets.option_list import Option
 from ..alerts import Alert, AlertState, describe_action
 from ..messages import AlertActionRequested
 from ..state import RunState
-from ..widgets.alert_panel import SEVERITY_STYLE, alert_line
+from ..widgets.alert_panel import SEVERITY_STYLE, Part, alert_line
 
 
 @dataclass(frozen=True)
@@ -55,23 +54,25 @@ def _number(v: float | int | str) -> str:
     return str(v)
 
 
-def details_markup(alert: Alert, *, has_layers: bool) -> str:
-    """Everything about one alert, as content markup (what the detail pane shows).
+def details_content(alert: Alert, *, has_layers: bool) -> Content:
+    """Everything about one alert (what the detail pane shows); text from the wire is never parsed as markup.
 
     Args:
         alert: The alert.
         has_layers: Whether the run has per-layer statistics (so the heatmap jump is offered).
 
     Returns:
-        Content markup, several lines.
+        Several lines.
     """
     style = SEVERITY_STYLE[alert.severity]
-    head = f"[{style}]{alert.glyph} {alert.severity}[/] · [b]{escape(alert.rule)}[/b]"
+    key = "bold $text-accent"
+    lines: list[list[Part]] = []
+    head: list[Part] = [(f"{alert.glyph} {alert.severity}", style), " · ", (alert.rule, "bold")]
     if alert.state == "resolved":
-        head += " · [$text-success]resolved[/]"
-    out = [head]
+        head += [" · ", ("resolved", "$text-success")]
+    lines.append(head)
     if alert.message:
-        out.append(escape(alert.message))
+        lines.append([alert.message])
     facts = [
         f"step {alert.first_step}"
         if alert.last_step == alert.first_step
@@ -81,38 +82,43 @@ def details_markup(alert: Alert, *, has_layers: bool) -> str:
         facts.append(f"confidence {alert.confidence:.0%}")
     if alert.updates > 1:
         facts.append(f"{alert.updates} updates")
-    out.append("[$text-muted]" + " · ".join(facts) + "[/]")
+    lines.append([(" · ".join(facts), "$text-muted")])
     if alert.layers:
-        out.append(f"[b]layers[/b]  {escape(', '.join(alert.layers))}")
+        lines.append([("layers", "bold"), "  " + ", ".join(alert.layers)])
     if alert.metric:
-        out.append(f"[b]metric[/b]  {escape(alert.metric)}")
-    out.append(f"[$text-muted]id {escape(alert.id)}[/]")
+        lines.append([("metric", "bold"), "  " + alert.metric])
+    lines.append([(f"id {alert.id}", "$text-muted")])
     if alert.evidence:
-        out += ["", "[b]Evidence[/b]"]
+        lines += [[], [("Evidence", "bold")]]
         width = min(24, max(len(k) for k in alert.evidence))
-        out += [
-            f"  [$text-secondary]{escape(k.ljust(width))}[/]  {escape(_number(v))}"
-            for k, v in alert.evidence.items()
+        lines += [
+            ["  ", (k.ljust(width), "$text-secondary"), "  " + _number(v)] for k, v in alert.evidence.items()
         ]
     if alert.remedies:
-        out += ["", "[b]Remedies[/b]"]
-        out += [f"  • {escape(r)}" for r in alert.remedies]
+        lines += [[], [("Remedies", "bold")]]
+        lines += [["  • " + r] for r in alert.remedies]
     if alert.actions:
-        out += ["", "[b]Suggested actions[/b]"]
+        lines += [[], [("Suggested actions", "bold")]]
         for i, action in enumerate(alert.actions, 1):
-            key = "a" if i == 1 else str(i)
             command = describe_action(action["command"], action["args"])
-            out.append(
-                f"  [bold $text-accent]{key}[/]  [b]{escape(command)}[/b]  [$text-muted]{escape(action['label'])}[/]"
+            lines.append(
+                [
+                    "  ",
+                    ("a" if i == 1 else str(i), key),
+                    "  ",
+                    (command, "bold"),
+                    "  ",
+                    (action["label"], "$text-muted"),
+                ]
             )
-    out += ["", "[b]Show[/b]"]
+    lines += [[], [("Show", "bold")]]
     metric = alert.metric or "the selected metric"
-    out.append(f"  [bold $text-accent]c[/]  {escape(metric)} in the chart, marked at step {alert.first_step}")
+    lines.append(["  ", ("c", key), f"  {metric} in the chart, marked at step {alert.first_step}"])
     if alert.layers and has_layers:
-        out.append(
-            f"  [bold $text-accent]g[/]  {escape(alert.layers[0])} in the layers heatmap at step {alert.first_step}"
+        lines.append(
+            ["  ", ("g", key), f"  {alert.layers[0]} in the layers heatmap at step {alert.first_step}"]
         )
-    return "\n".join(out)
+    return Content("\n").join(Content.assemble(*line) for line in lines)
 
 
 class AlertDetail(ModalScreen[AlertJump | None]):
@@ -253,10 +259,7 @@ class AlertDetail(ModalScreen[AlertJump | None]):
         rule_w = max((len(a.rule) for a in listed), default=0)
         options.clear_options()
         options.add_options(
-            [
-                Option(Content.from_markup(alert_line(a, rule_width=min(19, rule_w))), id=f"{i}")
-                for i, a in enumerate(listed)
-            ]
+            [Option(alert_line(a, rule_width=min(19, rule_w)), id=f"{i}") for i, a in enumerate(listed)]
         )
         if selected is not None:
             options.highlighted = listed.index(selected)
@@ -268,8 +271,8 @@ class AlertDetail(ModalScreen[AlertJump | None]):
         if key == self._shown_key:
             return
         self._shown_key = key
-        text = details_markup(alert, has_layers=has_layers) if alert is not None else ""
-        self.query_one("#alert-details", Static).update(Content.from_markup(text))
+        content = details_content(alert, has_layers=has_layers) if alert is not None else Content()
+        self.query_one("#alert-details", Static).update(content)
 
     @on(OptionList.OptionHighlighted, "#alert-list")
     def _highlighted(self, event: OptionList.OptionHighlighted) -> None:

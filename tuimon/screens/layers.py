@@ -254,3 +254,50 @@ class LayersScreen(Screen[None]):
     def action_back(self) -> None:
         """Go back to the overview."""
         self.dismiss(None)
+
+    def show_layer(self, name: str, step: int, stat: str | None = None) -> None:
+        """Put the heatmap's cursor on a layer's row at a step (an alert's onset); callable right after a push.
+
+        Args:
+            name: A parameter tensor's name, or a module's: a module with activation statistics is shown with them
+                when ``stat`` is one of those (dead units, saturation), else its first parameter tensor (or, for a
+                module without parameters such as a ReLU, the nearest one before it in model order).
+            step: The step the cursor goes to (the sample at or after it).
+            stat: The statistic to show (a key of the heatmap's statistics); ``None`` keeps the one shown.
+        """
+        if not self.is_mounted:
+            self.call_after_refresh(self.show_layer, name, step, stat)
+            return
+        state = self._state or RunState()
+        if stat in ACT_STATS and name in state.acts.names:
+            self.action_stat(stat)
+            self.query_one(GradHeatmap).show_at(name, step)
+            return
+        row = _param_for(name, state)
+        if row is None:
+            self.notify(f"{name} is not among the model's parameters", timeout=3)
+            return
+        if stat is not None and stat not in ACT_STATS and stat != self.stat:
+            self.action_stat(stat)
+        elif self.stat in ACT_STATS:
+            self.action_stat("grad_norm")
+        self.query_one(GradHeatmap).show_at(row, step)
+
+
+def _param_for(name: str, state: RunState) -> str | None:
+    """The parameter tensor that stands for ``name``: itself, its module's first tensor, or (a module without
+    parameters) the last tensor of the nearest module before it in model order; ``None`` when there is none."""
+    params = state.layers.params
+    names = state.layers.names
+    if name in names:
+        return name
+    owned = [p.name for p in params if p.module == name or p.name.startswith(name + ".")]
+    if owned:
+        return owned[0]
+    modules = state.acts.names
+    if name in modules:
+        by_module = {p.module: p.name for p in params}  # the last tensor of each module
+        for m in reversed(modules[: modules.index(name)]):
+            if m in by_module:
+                return by_module[m]
+    return None

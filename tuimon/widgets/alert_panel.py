@@ -6,7 +6,6 @@ from typing import ClassVar
 
 from textual.binding import Binding, BindingType
 from textual.content import Content
-from textual.markup import escape
 from textual.reactive import reactive
 from textual.widget import Widget
 
@@ -18,43 +17,57 @@ SEVERITY_STYLE: dict[str, str] = {
     "warning": "bold $text-warning",
     "info": "$text-primary",
 }
-"""The markup style of each severity's glyph and name."""
+"""The style of each severity's glyph and name."""
 LAYER_WIDTH = 18
 """Columns kept for the layer (longer names keep their end: ``…layer4.1.conv2.weight``)."""
 RULE_WIDTH = 19
 """Columns kept for the rule's name (the longest rule, ``exploding_gradients``, fits)."""
 
 
-def badge_text(alerts: AlertState, *, hint: str = "A") -> str:
-    """The one-line summary: ``⚠ 2 alerts · ✖ 1 critical — press A``, or ``✓ no alerts``.
+Part = str | tuple[str, str]
+"""A piece of a line: plain text, or ``(text, style)``; text from the wire is never parsed as markup."""
+
+
+def badge_text(alerts: AlertState, *, hint: str = "A") -> Content:
+    """The one-line summary: ``✖ 3 alerts (1 critical, 2 warning) — press A · rule layer since step N: message``,
+    or ``✓ no alerts``.
 
     Args:
         alerts: The alert state.
         hint: The key that opens the alerts.
 
     Returns:
-        Content markup.
+        The line.
     """
     n = len(alerts)
     resolved = len(alerts.history)
     if not n:
-        text = "[$text-success]✓[/] [$text-muted]no alerts"
+        parts: list[Part] = [("✓", "$text-success"), " ", ("no alerts", "$text-muted")]
         if resolved:
-            text += f" · {resolved} resolved — press {hint}"
-        return text + "[/]"
+            parts.append((f" · {resolved} resolved — press {hint}", "$text-muted"))
+        return Content.assemble(*parts, *_ignored(alerts))
     counts = alerts.counts()
     first = alerts.active[0]
     tally = ", ".join(f"{counts[sev]} {sev}" for sev in ("critical", "warning", "info") if counts[sev])
-    where = f" {escape(first.layers[0])}" if first.layers else ""
-    return (
-        f"[{SEVERITY_STYLE[first.severity]}]{first.glyph} {n} alert{'s' if n != 1 else ''}[/] ({tally})"
-        f" [$text-muted]— press {hint}[/] · {escape(first.rule)}{where} since step {first.first_step}"
-        f"[$text-muted]: {escape(first.message)}[/]"
+    where = f" {first.layers[0]}" if first.layers else ""
+    return Content.assemble(
+        (f"{first.glyph} {n} alert{'s' if n != 1 else ''}", SEVERITY_STYLE[first.severity]),
+        f" ({tally})",
+        *_ignored(alerts),
+        (f" — press {hint}", "$text-muted"),
+        f" · {first.rule}{where} since step {first.first_step}",
+        (f": {first.message}", "$text-muted"),
     )
 
 
-def alert_line(alert: Alert, *, rule_width: int = RULE_WIDTH, layer_width: int = LAYER_WIDTH) -> str:
-    """One alert as one line of markup: glyph, rule, layer, since step, message.
+def _ignored(alerts: AlertState) -> list[Part]:
+    """`` · 2 bad alert records ignored`` when some were, else nothing."""
+    bad = alerts.malformed + alerts.overflow
+    return [(f" · {bad} bad alert record{'s' if bad != 1 else ''} ignored", "$text-warning")] if bad else []
+
+
+def alert_line(alert: Alert, *, rule_width: int = RULE_WIDTH, layer_width: int = LAYER_WIDTH) -> Content:
+    """One alert as one line: glyph, rule, layer, since step, message.
 
     Args:
         alert: The alert.
@@ -62,21 +75,19 @@ def alert_line(alert: Alert, *, rule_width: int = RULE_WIDTH, layer_width: int =
         layer_width: Columns for the layer (0: no layer column).
 
     Returns:
-        Content markup.
+        The line.
     """
     style = SEVERITY_STYLE[alert.severity]
-    rule = alert.rule.ljust(rule_width)
-    line = f"[{style}]{alert.glyph}[/] [{style}]{escape(rule)}[/] "
+    parts: list[Part] = [(alert.glyph, style), " ", (alert.rule.ljust(rule_width), style), " "]
     if layer_width:
         layer = alert.layers[0] if alert.layers else (alert.metric or "")
         if len(alert.layers) > 1:
             layer += f" +{len(alert.layers) - 1}"
         if len(layer) > layer_width:
             layer = "…" + layer[len(layer) - layer_width + 1 :]
-        line += f"[$text-secondary]{escape(layer.ljust(layer_width))}[/] "
-    since = f"since {alert.first_step}"
-    line += f"[$text-muted]{since.ljust(13)}[/] {escape(alert.message or alert.id)}"
-    return line
+        parts += [(layer.ljust(layer_width), "$text-secondary"), " "]
+    parts += [(f"since {alert.first_step}".ljust(13), "$text-muted"), " ", alert.message or alert.id]
+    return Content.assemble(*parts)
 
 
 class AlertPanel(Widget, can_focus=True):
@@ -134,7 +145,7 @@ class AlertPanel(Widget, can_focus=True):
         self.selected_id: str | None = None
         """The id of the selected alert (``None`` with no active alert)."""
         self._top = 0
-        self._lines: list[str] = []
+        self._lines: list[Content] = []
 
     @property
     def alerts(self) -> list[Alert]:
@@ -198,7 +209,10 @@ class AlertPanel(Widget, can_focus=True):
         lines = []
         for i, a in enumerate(alerts[self._top : self._top + rows], self._top):
             line = alert_line(a, rule_width=rule_w)
-            line = f"[reverse]▸{line}[/reverse]" if i == index and focused else f" {line}"
+            if i == index and focused:
+                line = Content.assemble("▸", line).stylize("reverse")
+            else:
+                line = Content.assemble(" ", line)
             lines.append(line)
         self._lines = lines
         counts = state.counts()
@@ -206,14 +220,16 @@ class AlertPanel(Widget, can_focus=True):
         self.border_title = f"alerts · {title}"
         more = f"{self._top + 1}–{self._top + len(lines)} of {len(alerts)} · " if len(alerts) > rows else ""
         history = f"{len(state.history)} resolved · " if state.history else ""
-        self.border_subtitle = f"{more}{history}A focus · ⏎ details · a action"
+        bad = state.malformed + state.overflow
+        ignored = f"{bad} bad record{'s' if bad != 1 else ''} ignored · " if bad else ""
+        self.border_subtitle = f"{more}{history}{ignored}A focus · ⏎ details · a action"
         self.refresh(layout=True)
 
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
         return max(1, len(self._lines))
 
     def render(self) -> Content:
-        return Content.from_markup("\n".join(self._lines))
+        return Content("\n").join(self._lines)
 
     def action_move(self, delta: int) -> None:
         """Select the previous (-1) or next (+1) alert."""

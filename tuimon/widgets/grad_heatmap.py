@@ -229,6 +229,7 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
         self._shown_cells = (0, 0)
         self._lines_rows: list[tuple[int, int]] = []
         self._scale = (0.0, 1.0, True)
+        self._target: tuple[str, int] | None = None  # show_at()'s row name and step, until the next build
 
     # -- data in ------------------------------------------------------------------------------------------------
 
@@ -277,6 +278,34 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
             self.refresh()
 
     # -- keys -----------------------------------------------------------------------------------------------------
+
+    def show_at(self, name: str, step: int) -> None:
+        """Put the cursor on the row of ``name`` (a tensor, or the group holding it) at the sample of ``step``
+        (the newest sample at or after it), with the whole run in view; an unknown name keeps the row.
+
+        Args:
+            name: A row's name (a parameter tensor's, or a module's for the activation statistics).
+            step: A training step.
+        """
+        self._target = (name, int(step))
+        self._cells_per = None
+        self._scroll = 0
+        self._rebuild(force=True)
+
+    def _aim(self, names: list[str], last_steps: np.ndarray) -> None:
+        """Move the cursor to :meth:`show_at`'s target (called by the build, which knows the rows)."""
+        assert self._target is not None
+        name, step = self._target
+        self._target = None
+        if name in names:
+            index = names.index(name)
+            self.cursor_row = next(
+                (r for r, (_, a, b) in enumerate(self.rows) if a <= index < b), self.cursor_row
+            )
+        n = len(last_steps)
+        if n:
+            col = min(n - 1, int(np.searchsorted(last_steps, step, side="left")))
+            self._cursor_col = None if col == n - 1 else col
 
     def action_cursor(self, dx: int, dy: int) -> None:
         """Move the cursor by ``dx`` history columns (as shown) and ``dy`` rows."""
@@ -390,6 +419,8 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
 
         first_steps, last_steps, counts = layers.steps()
         ncols = self._ncols = values.shape[1]
+        if self._target is not None:  # show_at(): aim the cursor now that the rows are known
+            self._aim(names, last_steps)
         if self.grouped:
             starts = np.array([a for _, a, _ in self.rows])
             values = np.fmax.reduceat(values, starts, axis=0)
@@ -422,6 +453,8 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
         self._shown_cells = (first, stop)
         cursor_col = self._col_of_cursor()
         cursor_cell = self._cell_of(cursor_col) if total else 0
+        if total:
+            cursor_col = int(cstarts[cursor_cell])  # the first column of the cell that shows it
         if total and not first <= cursor_cell < stop:
             cursor_cell = min(max(cursor_cell, first), stop - 1)
             cursor_col = int(cstarts[cursor_cell])
