@@ -8,6 +8,8 @@ torch loops on one thread and made deterministic like ``conftest.recorded_run``;
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -454,6 +456,9 @@ async def test_histograms_follow_a_live_run(tmp_path: Path) -> None:
             view = screen.query_one(HistView)
             await _until(pilot, lambda: bool(view.shown_steps), "drawn")
             assert view.shown_steps == [10, 8, 6, 4, 2] and view.param == "0.weight"
+            await pilot.press("down")  # the table's cursor picks the tensor
+            await pilot.pause()
+            assert view.param == "0.bias"
             go.touch()
             await _until(pilot, lambda: app.status == "ended", "ended")
             await pilot.pause(2 * REPAINT_INTERVAL)
@@ -462,11 +467,49 @@ async def test_histograms_follow_a_live_run(tmp_path: Path) -> None:
                 and app.state.hists.received == 20
                 and app.state.hists.mismatched == 0
             )
-            assert str(view.border_title) == "0.weight · histograms"
+            # The table was rebuilt by every new sample; the choice stayed.
+            assert view.param == "0.bias" and str(view.border_title) == "0.bias · histograms"
         assert proc.wait(30) == 0
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_tuimon_replay_in_tmux_shows_the_histograms(
+    hist_run: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    session = f"tuimon-hists-{tmp_path.name}"
+    cmd = f"{sys.executable} -m tuimon replay {hist_run[0]}"
+    env_args = [arg for k in ("TUIMON_RUNTIME_DIR", "TUIMON_DIR") for arg in ("-e", f"{k}={os.environ[k]}")]
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", *env_args, cmd], check=True
+    )
+
+    def screen_until(*texts: str) -> str:
+        deadline = time.monotonic() + 60
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+            ).stdout
+            if all(t in screen for t in texts):
+                return screen
+            time.sleep(0.3)
+        raise AssertionError(f"{texts} not on the screen:\n{screen}")
+
+    try:
+        screen_until("replay", "loss")
+        subprocess.run(["tmux", "send-keys", "-t", session, "g"], check=True)
+        screen_until("layers · step 40", "grad norm")
+        subprocess.run(["tmux", "send-keys", "-t", session, "h"], check=True)
+        screen = screen_until("fc1.weight · histograms", "weights · step 40", "gradients · step 40")
+        lines = screen.splitlines()
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+        subprocess.run(["tmux", "send-keys", "-t", session, "Down", "Down", "Enter"], check=True)
+        screen_until("fc2.weight · histograms")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
 # -- activations over time ------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """One parameter tensor's weight and gradient histograms: the latest as bars, their evolution as a heat strip.
 
 Two panels (weight, gradient), side by side when the widget is wide enough, else one above the other. Each has a
-header line (the kind, the samples shown, in red the latest NaN/Inf counts when non-zero, else the step of the
-newest sample shown that had any), the latest histogram as
-vertical bars in eighth blocks, an x axis labelled with numbers, and a heat strip of the recent samples (newest on
+header line (the kind; in red, the latest NaN/Inf counts when non-zero, else the step of the newest sample shown
+that had any; the step and the samples shown), the latest histogram as vertical bars in eighth blocks (the tallest
+bar's count written at its left), an x axis labelled with numbers, and a heat strip of the recent samples (newest on
 top, two samples a line in half blocks, colour = count on a log scale in viridis, NaN/Inf samples marked red at the
 right edge). Every sample shown is re-binned (:func:`tuimon.hists.rebin`) onto one x range, the union of the
 :data:`RECENT` latest samples' own ranges, labelled with numbers: recent values fill the axis however small they are
