@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import protocol
 from ..protocol import Record
-from .base import CRITICAL, INFO, WARNING, Context, Finding, Hysteresis, Rule, Window
+from .base import CRITICAL, INFO, WARNING, Context, Finding, Hysteresis, Rule
 from .layer_common import RELU_FAMILY, SATURATING, LossTrend, array, fnum
 
 SPAN_INPUTS = 128
@@ -54,13 +56,31 @@ class _FractionRule(Rule):
     subordinate_to = frozenset({"unnormalized_input", "nonfinite", "exploding_gradients", "loss_divergence"})
 
     def __init__(self) -> None:
-        self.windows: dict[str, Window] = {}
         self.states: dict[str, Hysteresis] = {}
         self.batch = DEFAULT_BATCH
         self.loss = LossTrend()
+        self._key: int | None = None
+        self.cols = np.zeros(0, dtype=np.int64)  # act_stats columns of the modules of :attr:`types`
+        self.names: list[str] = []
+        self.mtypes: list[str] = []
+        self.buf = np.zeros((MAX_SAMPLES, 0))  # the last values of each module, newest last (NaN: none yet)
+        self.steps = np.zeros((MAX_SAMPLES, 0), dtype=np.int64)
+        self.count = np.zeros(0, dtype=np.int64)
 
     def _k(self) -> int:
         return int(min(MAX_SAMPLES, max(MIN_SAMPLES, math.ceil(SPAN_INPUTS / max(1, self.batch)))))
+
+    def _index(self, ctx: Context) -> None:
+        if self._key == id(ctx.modules):
+            return
+        self._key = id(ctx.modules)
+        cols = [i for i, m in enumerate(ctx.modules) if m.get("type") in self.types]
+        self.cols = np.asarray(cols, dtype=np.int64)
+        self.names = [str(ctx.modules[i].get("name", f"#{i}")) for i in cols]
+        self.mtypes = [str(ctx.modules[i].get("type")) for i in cols]
+        self.buf = np.full((MAX_SAMPLES, len(cols)), np.nan)
+        self.steps = np.zeros((MAX_SAMPLES, len(cols)), dtype=np.int64)
+        self.count = np.zeros(len(cols), dtype=np.int64)
 
     def feed(self, record: Record, ctx: Context) -> list[Finding] | None:
         """Read one ``metrics``, ``input_stats`` or ``act_stats`` record."""
@@ -75,36 +95,38 @@ class _FractionRule(Rule):
             if isinstance(shape, list) and len(shape) >= 2 and isinstance(shape[0], int) and shape[0] > 0:
                 self.batch = shape[0]
             return None
+        self._index(ctx)
         values = array(record.data, self.field, len(ctx.modules) or None)
-        if values is None:
+        if values is None or not len(self.cols):
             return None
+        v = values[self.cols]
+        fin = np.isfinite(v)  # a module not called in this forward has NaN: its window waits
+        self.buf[:-1, fin] = self.buf[1:, fin]
+        self.buf[-1, fin] = v[fin]
+        self.steps[:-1, fin] = self.steps[1:, fin]
+        self.steps[-1, fin] = step
+        self.count[fin] += 1
         k = self._k()
+        recent = self.buf[-k:]
+        low = recent.min(axis=0)  # NaN until k values
+        on = np.array([self.states[n].on if n in self.states else False for n in self.names], dtype=bool)
+        look = np.flatnonzero(fin & (self.count >= k) & ((low >= self.on_at) | on))
         out: list[Finding] = []
-        for i, m in enumerate(ctx.modules):
-            if m.get("type") not in self.types:
-                continue
-            name = str(m.get("name", f"#{i}"))
-            v = float(values[i])
-            w = self.windows.get(name)
-            if w is None:
-                w = self.windows[name] = Window(MAX_SAMPLES)
-                self.states[name] = Hysteresis(self.on_at, self.off_at, min_on=1, min_off=3)
-            if not math.isfinite(v):
-                continue  # module not called in this forward
-            w.add(v, step)
-            st = self.states[name]
-            if len(w) < k:
-                continue
-            recent = w.array()[-k:]
-            low = float(recent.min())
-            changed = st.update(low, step)
+        for j in look:
+            name = self.names[j]
+            st = self.states.get(name)
+            if st is None:
+                st = self.states[name] = Hysteresis(self.on_at, self.off_at, min_on=1, min_off=3)
+            lo = float(low[j])
+            changed = st.update(lo, step)
             if changed and st.on:
-                st.onset = int(w.steps()[-k])  # the first sample of the window that showed it
+                st.onset = int(self.steps[-k, j])  # the first sample of the window that showed it
             if st.on:
                 if 0 < self.loss.count < SURE_LOSSES:
                     continue  # on, but said only once a few losses tell a divergence (the cause) from this
                 onset = st.onset if st.onset is not None else step
-                out.append(self._finding(name, str(m.get("type")), step, onset, low, float(recent.mean()), k))
+                mean = float(recent[:, j].mean())
+                out.append(self._finding(name, self.mtypes[j], step, onset, lo, mean, k))
             elif changed:
                 out.append(self.resolved(name, step))
         return out or None

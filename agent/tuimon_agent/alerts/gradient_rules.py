@@ -75,11 +75,18 @@ class _LayerHistory:
         self.i = (self.i + 1) % self.size
         self.n = min(self.n + 1, self.size)
 
-    def median(self, width: int) -> np.ndarray:
-        if self.n == 0 or self.buf.shape[1] != width:
+    def median(self, width: int, skip_last: bool = False) -> np.ndarray:
+        """Per-column median of the rows held (without the newest one when ``skip_last``)."""
+        n = self.n - (1 if skip_last else 0)
+        if n <= 0 or self.buf.shape[1] != width:
             return np.full(width, np.nan)
         with np.errstate(all="ignore"):
-            rows = self.buf[: self.n] if self.n < self.size else self.buf
+            if skip_last:
+                last = (self.i - 1) % self.size
+                keep = [r for r in range(self.n if self.n < self.size else self.size) if r != last]
+                rows = self.buf[keep]
+            else:
+                rows = self.buf[: self.n] if self.n < self.size else self.buf
             ok = np.isfinite(rows).any(axis=0)
             out = np.full(rows.shape[1], np.nan)
             if ok.any():
@@ -130,13 +137,11 @@ class ExplodingGradients(Rule):
         x = max(parts) if parts else math.nan
         # Per-layer: which weight matrices moved most against their own baseline.
         gn = array(record.data, "grad_norm", self.index.n_params or None)
-        layer_rise = None
-        if gn is not None and len(self.index.columns):
-            lrow = _log10(gn[self.index.columns])
-            layer_rise = lrow - self.layers.median(len(lrow))
-            if not self.state.on:  # the baselines stay frozen during an episode
+        lrow = _log10(gn[self.index.columns]) if gn is not None and len(self.index.columns) else None
+        was_on = self.state.on
+        if not self.state.on:  # the baselines stay frozen during an episode
+            if lrow is not None:
                 self.layers.add(lrow)
-        if not self.state.on:
             self.base.add(lg, step)
         if not (math.isfinite(spike) and spike >= 1.0) and not self.state.on:
             self.healthy.add(g, step)
@@ -150,6 +155,8 @@ class ExplodingGradients(Rule):
         if math.isfinite(x):
             self.peak = max(self.peak, x)
         layers: list[str] = []
+        # Against the baseline before this sample (computed only while the alert is on: it costs a median).
+        layer_rise = None if lrow is None else lrow - self.layers.median(len(lrow), skip_last=not was_on)
         if layer_rise is not None and np.isfinite(layer_rise).any():
             # The layers within a decade of the worst one (and at least a decade above their own baseline).
             cut = max(1.0, float(np.nanmax(layer_rise)) - 1.0)
@@ -218,6 +225,7 @@ class VanishingGradients(Rule):
         self.late = Window(5)
         self.loss = LossTrend()
         self.since: int | None = None  # first sample of the current stretch with d <= -3 (the onset)
+        self.modules = _ModuleColumns()
         self.explained = False  # half of some layer's units dead or saturated in the latest act_stats
         self.state = Hysteresis(-3.0, -2.0, min_on=3, min_off=3, above=False)
 
@@ -230,8 +238,9 @@ class VanishingGradients(Rule):
             self.loss.add(ctx.loss_value(record), step)
             return None
         if record.kind == protocol.ACT_STATS:
-            self.explained = _max_fraction(record, ctx, "dead", RELU_FAMILY) >= 0.5 or (
-                _max_fraction(record, ctx, "saturated", SATURATING) >= 0.5
+            self.modules.update(ctx)
+            self.explained = _max_fraction(record, ctx, "dead", self.modules.relu) >= 0.5 or (
+                _max_fraction(record, ctx, "saturated", self.modules.saturating) >= 0.5
             )
             return None
         self.index.update(ctx)
@@ -295,15 +304,31 @@ class VanishingGradients(Rule):
         ]
 
 
-def _max_fraction(record: Record, ctx: Context, key: str, types: frozenset[str]) -> float:
-    """The largest ``key`` fraction of an ``act_stats`` record over the modules of ``types`` (0 when none)."""
+class _ModuleColumns:
+    """The ``act_stats`` columns of the ReLU-family and of the saturating modules, recomputed when the index changes."""
+
+    def __init__(self) -> None:
+        self._key: int | None = None
+        self.relu = np.zeros(0, dtype=np.int64)
+        self.saturating = np.zeros(0, dtype=np.int64)
+
+    def update(self, ctx: Context) -> None:
+        if self._key == id(ctx.modules):
+            return
+        self._key = id(ctx.modules)
+        types = [m.get("type") for m in ctx.modules]
+        self.relu = np.asarray([i for i, t in enumerate(types) if t in RELU_FAMILY], dtype=np.int64)
+        self.saturating = np.asarray([i for i, t in enumerate(types) if t in SATURATING], dtype=np.int64)
+
+
+def _max_fraction(record: Record, ctx: Context, key: str, cols: np.ndarray) -> float:
+    """The largest ``key`` fraction of an ``act_stats`` record over the columns ``cols`` (0 when none)."""
     a = array(record.data, key, len(ctx.modules) or None)
-    if a is None:
+    if a is None or not len(cols):
         return 0.0
-    sel = [
-        i for i, m in enumerate(ctx.modules) if m.get("type") in types and i < len(a) and math.isfinite(a[i])
-    ]
-    return float(max(a[sel])) if sel else 0.0
+    v = a[cols]
+    v = v[np.isfinite(v)]
+    return float(v.max()) if len(v) else 0.0
 
 
 class UpdateRatio(Rule):
