@@ -211,7 +211,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     else:
         import tuimon_agent  # imported here so that --no-monitor works without the agent installed
 
-        ctx = tuimon_agent.watch(model, optimizer, run=args.run, dir=args.dir)
+        # The first validation digit is the fixed probe: its feature maps show on the Layers screen (g, then f).
+        ctx = tuimon_agent.watch(
+            model, optimizer, run=args.run, dir=args.dir, probe=xv[0], probe_every=args.probe_every
+        )
 
     losses: list[torch.Tensor] = []
     probes: list[tuple[int, torch.Tensor]] = []  # (step, grad norm per parameter)
@@ -306,6 +309,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dir", default=None, help="directory for run files (default: the agent's)")
     p.add_argument("--seed", type=int, default=0, help="model init and batch order (default: 0)")
     p.add_argument("--eval-every", type=int, default=50, help="validate every K steps (default: 50)")
+    p.add_argument(
+        "--probe-every", type=int, default=50, help="feature maps of a validation digit every K steps (default: 50)"
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-monitor", action="store_true", help="train without tuimon_agent (the bare baseline)")
     p.add_argument("--no-checks", action="store_true", help="skip mon.sanity_check before training")

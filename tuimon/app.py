@@ -156,7 +156,8 @@ class TuimonApp(App[None]):
         self.overview.update(self.state, status=self.display_status, label=label, notice=self.notice)
         for screen in self.screen_stack:  # the checks and layers screens, also while the help covers them
             if isinstance(screen, (ChecksScreen, LayersScreen, AlertDetail)):
-                screen.update(self.state)
+                if screen.is_mounted:  # pushed but not composed yet: its on_mount shows the state
+                    screen.update(self.state)
 
     def action_help(self) -> None:
         """Show the help screen (or close it)."""

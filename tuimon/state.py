@@ -25,6 +25,7 @@ from tuimon_agent import protocol
 from .alerts import ALERT, AlertState
 from .hists import HISTOGRAMS, HistState
 from .layers import ACT_STATS, INPUT_STATS, LAYERS, MODULES, PARAM_STATS, ActState, LayerState
+from .probe import FEATURE_MAPS, ProbeState
 from .series import CHUNK, Series
 
 EVENTS_KEPT = 200
@@ -123,6 +124,8 @@ class RunState:
         """Per-module output and input statistics (``modules``, ``act_stats`` and ``input_stats`` records)."""
         self.hists = HistState()
         """The latest weight and gradient histograms per parameter tensor (``histograms`` records)."""
+        self.probe = ProbeState()
+        """The latest feature maps of the probe input (``feature_maps`` records, ``probe_off`` events)."""
         # -- end per-layer statistics --
         # -- alerts (tuimon/alerts.py) and chart markers --
         self.markers: collections.deque[Marker] = collections.deque(maxlen=MARKERS_KEPT)
@@ -220,6 +223,9 @@ class RunState:
         elif kind == HISTOGRAMS:
             self._seen(rec.ts, rec.step)
             self.hists.apply(rec.step, rec.data, self.layers.names)
+        elif kind == FEATURE_MAPS:
+            self._seen(rec.ts, rec.step)
+            self.probe.apply(rec.step, rec.data)
         # -- end per-layer statistics --
         elif kind == ALERT:
             self._seen(rec.ts, rec.step)
@@ -349,6 +355,8 @@ class RunState:
         ev["step"] = rec.step
         ev["ts"] = rec.ts
         self.events.append(ev)
+        if ev["what"] == "probe_off":
+            self.probe.note_off(ev["message"])
 
     def _hello(self, rec: protocol.Record) -> None:
         self._seen(rec.ts, rec.step)

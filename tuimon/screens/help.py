@@ -22,6 +22,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("  ← ↑ ↓ →", "layers: move the heatmap's cursor (its value below)"),
     ("  + -  [ ]", "layers: zoom in / out, scroll older / newer"),
     ("  o  /", "layers: sort the table, filter it by name"),
+    ("  f", "layers: the probe input's feature maps ([ ] next layer, m colours)"),
     ("A", "alerts: focus the alert panel (↑ ↓ pick, enter details, a its action); on a badge, open them"),
     ("  c  g", "alert details: show it in the chart / in the layers heatmap at its onset"),
     ("  h", "alert details: switch to the resolved alerts (history) and back"),

@@ -56,6 +56,7 @@ class LayersScreen(Screen[None]):
         Binding("6", "stat('saturated')", "Saturated", show=False),
         Binding("h", "hists", "Histograms"),
         Binding("a", "activations", "Activations"),
+        Binding("f", "feature_maps", "Feature maps", show=False),
         Binding("o", "sort", "Sort"),
         Binding("slash", "filter", "Filter", key_display="/"),
     ]
@@ -250,6 +251,12 @@ class LayersScreen(Screen[None]):
             self.remove_class("-filtering")
             self.query_one(LayerTable).border_title = "latest sample"
             self.query_one(LayerTable).focus()
+
+    def action_feature_maps(self) -> None:
+        """Show the probe input's feature maps (``f`` or escape comes back)."""
+        from .feature_maps import FeatureMapsScreen
+
+        self.app.push_screen(FeatureMapsScreen(self._state or RunState()))
 
     def action_back(self) -> None:
         """Go back to the overview."""

@@ -3,6 +3,7 @@
 from .alert_panel import AlertPanel
 from .check_details import CheckDetails
 from .checks_table import ChecksTable
+from .feature_maps import FeatureMaps
 from .grad_heatmap import GradHeatmap
 from .hist_view import HistView
 from .layer_table import LayerTable
@@ -17,6 +18,7 @@ __all__ = [
     "AlertPanel",
     "CheckDetails",
     "ChecksTable",
+    "FeatureMaps",
     "GradHeatmap",
     "HistView",
     "LayerTable",

@@ -9,7 +9,8 @@ figures are taken over weight matrices only (see :class:`~.layer_common.WeightIn
     Statistic: ``x = max(spike, growth - 1)`` in decades, where ``spike = log10(g) - median(log10 g)`` of the
     global gradient norm ``g`` against the previous :data:`BASELINE` samples (at least 5; frozen while the alert is
     on), and ``growth =
-    log10(g) - min(log10 g)`` over the run's first 3 samples. On when ``x >= 2`` (a 100× spike over the recent
+    log10(g) - min(log10 g)`` over the run's first 3 samples; a spike counts in full only once ``growth >= 1``
+    (a converged run whose tiny norms jump back towards their starting level is not exploding). On when ``x >= 2`` (a 100× spike over the recent
     level, or 1000× the start) for 2 consecutive samples, or at once when ``x >= 3``; critical once ``x >= 4``
     (kept for the episode); off after 5 samples with
     ``x <= 1``. Healthy runs measured grow at most ~1 decade over their start and spike at most ~1 decade over
@@ -129,8 +130,11 @@ class ExplodingGradients(Rule):
         self.index.update(ctx)
         lg = math.log10(g)
         self.samples += 1
-        spike = lg - self.base.median() if len(self.base) >= 5 else math.nan
         growth = lg - min(self.reference) if self.reference else math.nan
+        spike = lg - self.base.median() if len(self.base) >= 5 else math.nan
+        if math.isfinite(growth) and growth < 1.0:
+            # A converged run's tiny norms jump back to ordinary ones: only a spike well above the start counts.
+            spike = min(spike, growth)
         if len(self.reference) < 3:
             self.reference.append(lg)
         parts = [v for v in (spike, growth - 1.0) if math.isfinite(v)]
