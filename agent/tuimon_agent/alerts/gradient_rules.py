@@ -147,7 +147,7 @@ class ExplodingGradients(Rule):
             if lrow is not None:
                 self.layers.add(lrow)
             self.base.add(lg, step)
-        if not (math.isfinite(spike) and spike >= 1.0) and not self.state.on:
+        if not (math.isfinite(x) and x >= 1.0) and not self.state.on:
             self.healthy.add(g, step)
         self.recent.add(lg, step)
         changed = self.state.update(x, step)
@@ -178,7 +178,7 @@ class ExplodingGradients(Rule):
             evidence["start"] = 10 ** min(self.reference)
         where = f", most in {', '.join(layers[:3])}" if layers else ""
         actions = []
-        if len(self.healthy) >= 5:
+        if len(self.healthy):  # however few healthy samples the run had before (1 with stats_every=50 at step 100)
             actions.append(set_clip(self.healthy.quantile(0.9), CLIP_WHY))
         if ctx.lr is not None and ctx.lr > 0:
             actions.append(set_lr(ctx.lr / 10, f"a tenth of {fnum(ctx.lr)}"))

@@ -201,7 +201,7 @@ class NonFinite(Rule):
         actions = []
         if ctx.lr is not None and ctx.lr > 0:
             actions.append(set_lr(ctx.lr / 10, f"a tenth of {fnum(ctx.lr)}"))
-        if len(self.grad_norms) >= 5:
+        if len(self.grad_norms):
             clip = self.grad_norms.quantile(0.9)
             if clip > 0:
                 actions.append(set_clip(clip, "the 90th percentile of the finite gradient norms"))
