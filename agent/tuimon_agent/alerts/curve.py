@@ -20,17 +20,25 @@ BLOCK = 10
 """Finite loss values per block."""
 MAX_BLOCKS = 240
 """Blocks kept (2,400 values)."""
+FIRST = 5
+"""Values whose median is the initial loss."""
+BEST_OF = 5
+"""Consecutive block medians whose median is a candidate for the best level."""
 
 
 class LossCurve:
     """Block medians of one scalar series and whole-run references.
 
     Attributes:
-        first: The first finite value (the loss at initialisation, before any update).
-        first_step: Its step.
+        first: The loss at initialisation: the median of the first :data:`FIRST` finite values (a single
+            minibatch loss is too noisy a reference; ``NaN`` until they exist), or the very first value when that
+            median is already 10 times larger (a loss that explodes within its first steps).
+        first_step: The step of the first finite value.
         first_block: The median of the first block (``NaN`` until it is complete).
-        best: The lowest median of three consecutive blocks so far (``NaN`` until three blocks exist).
-        best_step: The step at the end of those three blocks.
+        start: The median of the first 3 block medians (30 values; ``NaN`` until they exist): the starting level
+            for "has it improved at all" questions, robust to minibatch noise.
+        best: The lowest median of :data:`BEST_OF` consecutive block medians so far (``NaN`` until they exist).
+        best_step: The step at the end of those blocks.
         points: Finite values seen.
         nonfinite: Non-finite values seen (ignored otherwise).
     """
@@ -39,9 +47,11 @@ class LossCurve:
         self.first = math.nan
         self.first_step: int | None = None
         self.first_block = math.nan
+        self.start = math.nan
         self.best = math.nan
         self.best_step: int | None = None
         self.points = 0
+        self._v1 = math.nan
         self.nonfinite = 0
         self._buf: list[float] = []
         self._med: collections.deque[float] = collections.deque(maxlen=MAX_BLOCKS)
@@ -65,9 +75,16 @@ class LossCurve:
             self.nonfinite += 1
             return False
         if self.points == 0:
-            self.first, self.first_step = value, step
+            self.first_step = step
         self.points += 1
         self._buf.append(value)
+        if self.points == 1:
+            self._v1 = value
+        if self.points == FIRST:
+            self.first = median(self._buf)
+            if self.first - self._v1 >= 9 * abs(self._v1):
+                # The loss exploded within the first steps: only the value before any update is a reference.
+                self.first = self._v1
         if len(self._buf) < BLOCK:
             return False
         med = median(self._buf)
@@ -79,8 +96,10 @@ class LossCurve:
         self.blocks_total += 1
         if self.blocks_total == 1:
             self.first_block = med
-        if len(self._med) >= 3:
-            smooth = median((self._med[-1], self._med[-2], self._med[-3]))
+        elif self.blocks_total == 3:
+            self.start = median(self._med)
+        if len(self._med) >= BEST_OF:
+            smooth = median(itertools.islice(self._med, len(self._med) - BEST_OF, None))
             if not smooth >= self.best:  # also when best is NaN
                 self.best, self.best_step = smooth, step
         return True

@@ -1,7 +1,8 @@
 """The :class:`Diagnoser`: routes records to the rules and turns their findings into ``alert`` records.
 
 Lifecycle of one alert id (``rule:scope``), as the alert spec in ``protocol.ALERT`` describes it: one record when it
-starts (``state = "active"``), when its severity changes, at most every :data:`UPDATE_EVERY` steps while it stays
+starts (``state = "active"``), when its severity changes (up at once; down only once the higher severity has
+held :data:`UPDATE_EVERY` steps, so that evidence hovering at a severity boundary does not flap), at most every :data:`UPDATE_EVERY` steps while it stays
 active (so ``last_step`` and the evidence stay current), at once when a number of its evidence moves by a decade
 or more, and once when the rule resolves it (``state = "resolved"``). A resolved id that fires again starts a new
 episode with a new ``first_step``.
@@ -53,6 +54,8 @@ class AlertState:
     payload: dict[str, Any]
     active: bool
     last_emit_step: int
+    severity_step: int
+    """The step of its latest severity change."""
 
 
 class Diagnoser:
@@ -187,10 +190,15 @@ class Diagnoser:
             "actions": list(f.actions),
         }
         if new:
-            self._remember(aid, AlertState(payload, True, step))
+            self._remember(aid, AlertState(payload, True, step, step))
             self.ctx.set_active(aid, severity)
             return self._record(payload, record)
         assert st is not None
+        if (
+            SEVERITY_RANK[severity] < SEVERITY_RANK[st.payload["severity"]]
+            and step - st.severity_step < UPDATE_EVERY
+        ):
+            payload["severity"] = severity = st.payload["severity"]  # escalate at once, calm down slowly
         self._touch(aid, st)
         old = st.payload
         due = (
@@ -200,6 +208,7 @@ class Diagnoser:
         )
         st.payload = payload
         if severity != old["severity"]:
+            st.severity_step = step
             self.ctx.set_active(aid, severity)
         if not due:
             return None

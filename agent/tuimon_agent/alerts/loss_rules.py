@@ -80,11 +80,14 @@ class _LossRule(Rule):
 class LossDivergence(_LossRule):
     """``loss_divergence``: the loss explodes or climbs back persistently: the learning rate is too high.
 
-    Evaluated at every completed block, from the third on, on ``level`` = the median of the last 3 block medians
-    (30 values). Bad when either
-      - *explosion*: ``level - L0 >= 2·|L0|`` (three times the initial loss for a positive loss), or
-      - *relapse*: the run had made real progress (``L0 - best >= 0.2·|L0|``, ``best`` the lowest 3-block level)
-        and ``level`` has climbed back more than half of it (``level >= best + 0.5·(L0 - best)``).
+    Evaluated at every completed block, from the third on. ``L0`` is the median of the first 5 values, ``noise``
+    the minibatch noise of a 30-value median (1.25 · the within-block MAD / √30). Bad when either
+      - *explosion*: ``level3 - L0 >= 2·|L0|`` (three times the initial loss for a positive loss) and
+        ``>= 4·noise``, ``level3`` the median of the last 3 block medians (30 values), or
+      - *relapse*: the run had made real progress (``L0 - best >= 0.2·|L0|``, ``best`` the lowest median of 5
+        consecutive block medians) and ``level10`` (the last 10 block medians, 100 values) has climbed back more
+        than half of it (``level10 >= best + 0.5·(L0 - best)``, and ``level3`` too), by more than 8× the noise of
+        a 100-value median, the best having been reached before those 100 values.
     On after 3 bad blocks in a row, off after 5 good ones (score below 0.7 of the threshold). Warning; critical
     when ``level - L0 >= 10·|L0|``. When the global gradient norm (``param_stats``) has grown 100× over the lowest
     of its first three samples, the cause is exploding gradients: the alert stays at info. Suggests ``set_lr`` to a tenth of the
@@ -116,9 +119,23 @@ class LossDivergence(_LossRule):
         assert step is not None
         scale = _scale(c.first)
         level = c.level(3)
+        noise = 1.25 * c.spread() / math.sqrt(3 * BLOCK)
         excess = (level - c.first) / scale
+        if level - c.first < 4 * noise and not self.state.on:  # noise gates the onset, not the way back
+            excess = min(excess, 0.0)
+        level10 = c.level(10)
         progress = (c.first - c.best) / scale if math.isfinite(c.best) else 0.0
-        relapse = (level - c.best) / (c.first - c.best) if progress >= 0.2 else 0.0
+        relapse = 0.0
+        old_best = c.best_step is not None and c.best_step <= (
+            c.step_at(10) or -1
+        )  # not a fall still under way
+        if (
+            progress >= 0.2
+            and old_best
+            and math.isfinite(level10)
+            and level10 - c.best >= 8 * noise * math.sqrt(3 / 10)
+        ):
+            relapse = min(level10 - c.best, level - c.best) / (c.first - c.best)
         score = max(excess / 2.0, relapse / 0.5)
         changed = self.state.update(score, step)
         if not self.state.on:
@@ -173,8 +190,8 @@ class LossPlateau(_LossRule):
     stuck.
 
     Evaluated at every completed block after a burn-in of 20 blocks (200 values), on ``level`` = the median of the
-    last 5 blocks. Stuck when ``improvement = (first_block - level) / |first_block|`` is below 5% and the last 10
-    blocks are flat (their two halves' medians differ by less than 2% of ``|first_block|``) and not above the
+    last 5 blocks. Stuck when ``improvement = (start - level) / |start|`` (``start`` the median of the first 30 values) is below 5% and the last 10
+    blocks are flat (their two halves' medians differ by less than 2% of ``|start|``) and not above the
     initial level by more than 10% (that is divergence), while the learning rate is not rising (a warmup is not a plateau). Tiny updates (the median ``update_ratio`` of the latest
     ``param_stats`` below 1e-5) make it a warning at once; otherwise (learning stuck with normal steps) it is info,
     and a warning only after 100 blocks (1,000 values). Off when the improvement passes 10% for 2 blocks.
@@ -208,9 +225,9 @@ class LossPlateau(_LossRule):
         assert step is not None
         if c.blocks_total < self.BURN_IN or c.blocks < 10:
             return None
-        scale = _scale(c.first_block)
+        scale = _scale(c.start)
         level = c.level(5)
-        improvement = (c.first_block - level) / scale
+        improvement = (c.start - level) / scale
         drift = abs(c.level(5, skip=5) - level) / scale
         flat = drift < 0.02 and improvement > -0.1 and not c.lr_rising()
         value = improvement if flat or self.state.on else math.nan
@@ -222,7 +239,7 @@ class LossPlateau(_LossRule):
         severity = WARNING if tiny or long else INFO
         evidence: dict[str, Any] = {
             "loss_level": level,
-            "loss_initial": c.first_block,
+            "loss_initial": c.start,
             "improvement": improvement,
         }
         if math.isfinite(self.update_ratio):
@@ -246,7 +263,7 @@ class LossPlateau(_LossRule):
                 confidence=0.9 if tiny else 0.6,
                 evidence=evidence,
                 message=(
-                    f"The training loss has stayed flat at {_fmt(level)} (initial {_fmt(c.first_block)}, "
+                    f"The training loss has stayed flat at {_fmt(level)} (initial {_fmt(c.start)}, "
                     f"{improvement:.0%} better) since step {onset} {why}."
                 ),
                 remedies=[
@@ -285,11 +302,14 @@ class Overfitting(_EvalRule):
     """``overfitting``: the eval loss rises for several evaluations while the training loss does not.
 
     At each eval record with ``val`` its loss: ``val_min`` is the lowest eval loss so far (its step and the train
-    level then are kept), ``recent`` the median of the last 3 evals, ``rise = recent - val_min``, ``noise`` 3× the
-    MAD of successive eval differences. Bad when at least 3 evals follow the minimum and ``rise >= 2%`` of the
-    loss scale ``max(|L0|, |first eval|)``, ``rise >= 5%`` of ``|val_min|``, ``rise > noise``, and the training
-    loss has not risen since (``train_now - train_at_min <= 2%`` of the scale). Score ``rise / (2% of scale)``;
-    on after 2 bad evals, off after 3 evals below half the threshold. Warning.
+    level then are kept), ``recent`` the median of the last 3 evals, ``rise = recent - val_min``, ``noise`` 5× the
+    MAD of successive eval differences / √2 (one eval's noise; the minimum of many noisy evals sits
+    a few of them below the truth). ``gain = L0 - val_min`` is what the model had gained on validation (``L0``
+    the initial training loss stands in for the eval loss at initialisation). Bad when at least 3 evals follow
+    the minimum, ``rise >= 5%`` of ``gain`` (the model has given back a twentieth of what it had learnt that
+    generalises), ``rise >= 5%`` of ``|val_min|``, ``rise > noise``, and the training loss has not risen since
+    (``train_now - train_at_min <= 2%`` of ``max(|L0|, |first eval|)``). Score ``rise / (5% of gain)``; on after
+    2 bad evals, off after 3 evals below half the threshold. Warning.
     """
 
     name = "overfitting"
@@ -354,25 +374,32 @@ class Overfitting(_EvalRule):
         recent = median(vals[-3:])
         rise = recent - self.val_min
         scale = _scale(self.curve.first, self.val_first)
-        noise = 3 * mad(np.diff(vals).tolist()) if len(vals) >= 4 else 0.0
+        # Eval noise: the MAD of successive differences / √2 estimates one eval's standard deviation, and the
+        # lowest of many noisy evals sits a few of them below the truth.
+        noise = 5 * mad(np.diff(vals).tolist()) / math.sqrt(2) if len(vals) >= 4 else 0.0
         train_rose = (
             math.isfinite(train)
             and math.isfinite(self.train_at_min)
             and train - self.train_at_min > 0.02 * scale
         )
-        if rise < 0.05 * abs(self.val_min) or rise <= noise or train_rose:
+        # What the model had gained on validation: from the initial loss (the eval loss at initialisation is not
+        # recorded; the training loss then is its estimate) down to the best eval.
+        gain = self.curve.first - self.val_min
+        if not gain > 0 or rise < 0.05 * abs(self.val_min) or rise <= noise or train_rose:
             return 0.0
-        return rise / (0.02 * scale)
+        return rise / (0.05 * gain)
 
 
 class Underfitting(_EvalRule):
     """``underfitting``: both the training and the eval loss stay high and flat.
 
     Evaluated at each eval record after a burn-in of 30 blocks (300 values) and 3 evals. Bad when the training
-    loss has improved by less than 40% of ``|first_block|`` (``level`` = median of the last 5 blocks), is flat
-    (the medians of the last 10 blocks and of the 10 before differ by less than 3% of ``|first_block|``), the
+    loss has improved by less than 40% of ``|start|`` (``level`` = median of the last 5 blocks), is flat
+    (over the last fifth of the run, at least 20 blocks, it improved by less than 3% of ``|start|`` and less
+    than 10% of its whole improvement, half what a steady linear decrease gives: it has converged, not merely
+    slowed), the
     learning rate is not rising, the last 3 evals are flat too (range below 5% of the scale) and high (eval loss
-    above 60% of ``|first_block|``), and there is no large generalisation gap (``val - train < 10%`` of the scale:
+    above 60% of ``|start|``), and there is no large generalisation gap (``val - train < 10%`` of the scale:
     that would be overfitting). On after 2 bad evals, off after 2 good ones. Warning (info without eval records:
     a flat training loss alone cannot tell capacity from a hard task).
     """
@@ -398,20 +425,22 @@ class Underfitting(_EvalRule):
         ok = c.blocks_total >= self.BURN_IN and c.blocks >= 20 and len(self.evals) >= 3
         if not ok:
             return None
-        scale = _scale(c.first_block)
+        scale = _scale(c.start)
         level = c.level(5)
-        improvement = (c.first_block - level) / scale
-        drift = (c.level(10, skip=10) - c.level(10)) / scale
+        improvement = (c.start - level) / scale
+        w = min(max(c.blocks_total // 5, 20), c.blocks - 5)
+        recent_drop = (c.level(5, skip=w) - level) / scale  # improvement over the last fifth of the run
+        flat = abs(recent_drop) < 0.03 and (recent_drop < 0.1 * improvement or improvement < 0.05)
         vals = np.array([e[1] for e in list(self.evals)[-3:]])
         val_now = median(vals)
         val_flat = float(vals.max() - vals.min()) / scale < 0.05
         gap = (val_now - level) / scale
         bad = (
             improvement < 0.4
-            and abs(drift) < 0.03
+            and flat
             and not c.lr_rising()
             and val_flat
-            and val_now > 0.6 * c.first_block
+            and val_now > 0.6 * c.start
             and gap < 0.1
         )
         changed = self.state.update(1.0 if bad else 0.0, step)
@@ -427,7 +456,7 @@ class Underfitting(_EvalRule):
                 confidence=0.7,
                 evidence={
                     "loss_level": level,
-                    "loss_initial": c.first_block,
+                    "loss_initial": c.start,
                     "improvement": improvement,
                     "val_now": val_now,
                     "gap": val_now - level,
@@ -435,7 +464,7 @@ class Underfitting(_EvalRule):
                 message=(
                     f"The training loss ({_fmt(level)}) and the validation loss ({_fmt(val_now)}) have stayed "
                     f"high and flat since step {self.state.onset}, only {improvement:.0%} below the initial "
-                    f"{_fmt(c.first_block)}: the model underfits."
+                    f"{_fmt(c.start)}: the model underfits."
                 ),
                 remedies=[
                     "Give the model more capacity (wider or deeper layers).",
@@ -450,12 +479,14 @@ class Underfitting(_EvalRule):
 class LossSpike(_LossRule):
     """``loss_spike``: an isolated spike much larger than the recent robust spread.
 
-    Each finite value ``x`` is compared with the median ``m`` and MAD of the previous 64 values (from 32 on):
-    a candidate when ``x - m >= 10·MAD`` and ``x - m >= 0.25·max(|L0|, |m|)`` (a jump of the order of the loss
-    itself, so that a converged run's noisy batches do not count). It is a spike, not a level shift, when the
-    median of the next 5 values is back below ``m + 3·MAD`` (a level shift is ``loss_divergence``'s). Info for a
-    spike; warning when it rises above the initial loss (``x - m >= |L0|``) or when 3 spikes fall within 300
-    values. Resolved 300 values after the latest spike. Suggests ``set_clip`` at the 90th percentile of the
+    Each finite value ``x`` is compared with the previous 64 values (from 32 on; the baseline is refreshed every
+    4 values), with median ``m``. When they are all positive the comparison is on log scale (minibatch noise is
+    multiplicative): a candidate when ``log x - median(log) >= 6·max(MAD(log), 0.05)`` and ``x >= 3·m``.
+    Otherwise (losses that reach 0 or below) on linear scale: ``x - m >= 10·MAD`` and ``x - m >= 0.25·max(|L0|,
+    |m|)``. It is a spike, not a level shift, when the median of the next 5 values is back within 3 MADs of the
+    baseline (a level shift is ``loss_divergence``'s). Info; warning when the spike is huge: ``x - m >=
+    2·max(|L0 - m|, |m|)`` (more than twice the way back to the initial loss). Resolved 300 values after the
+    latest spike. Suggests ``set_clip`` at the 90th percentile of the
     recent global gradient norms when ``param_stats`` are recorded.
     """
 
@@ -473,7 +504,13 @@ class LossSpike(_LossRule):
         self.pending: tuple[int, float, float, float, list[float]] | None = None
         self.spikes: collections.deque[int] = collections.deque(maxlen=8)  # value index of recent spikes
         self.index = 0
-        self.baseline = (math.nan, math.nan)
+        self.baseline: tuple[float, float, bool, float, float] = (
+            math.nan,
+            math.nan,
+            False,
+            math.nan,
+            math.nan,
+        )
         self.baseline_at = 0
         self.grad = Window(20)
         self.active_since: int | None = None
@@ -492,32 +529,45 @@ class LossSpike(_LossRule):
         self.curve.add(x, step, ctx.lr)
         self.index += 1
         out: list[Finding] = []
-        if self.pending is not None:
-            pstep, px, m, spread, after = self.pending
+        if self.pending is not None:  # a candidate waits for the next values: back to its level, or a shift?
+            pstep, px, m, back, after = self.pending
             after.append(x)
             if len(after) >= self.AFTER:
                 self.pending = None
-                if median(after) <= m + 3 * spread:
-                    out.append(self._spike(pstep, px, m, spread, ctx))
+                if median(after) <= back:
+                    out.append(self._spike(pstep, px, m, ctx))
         elif len(self.window) >= 32:
             if self.index >= self.baseline_at:  # the robust baseline moves slowly: refresh it every 4 values
-                self.baseline = (self.window.median(), self.window.mad())
+                self.baseline = self._baseline()
                 self.baseline_at = self.index + 4
-            m, spread = self.baseline
-            height = x - m
-            if height >= 10 * max(spread, 1e-12) and height >= 0.25 * max(abs(self.curve.first), abs(m)):
-                self.pending = (step, x, m, spread, [])
+            m, spread, logs, lm, lmad = self.baseline
+            if logs:
+                if x >= 3 * m and math.log(x) - lm >= 6 * lmad:
+                    self.pending = (step, x, m, math.exp(lm + 3 * lmad), [])
+            elif x - m >= 10 * max(spread, 1e-12) and x - m >= 0.25 * max(abs(self.curve.first), abs(m)):
+                self.pending = (step, x, m, m + 3 * spread, [])
         self.window.add(x, step)
         if self.active_since is not None and self.spikes and self.index - self.spikes[-1] >= self.QUIET:
             self.active_since = None
             out.append(self.resolved("global", step))
         return out or None
 
-    def _spike(self, step: int, x: float, m: float, spread: float, ctx: Context) -> Finding:
+    def _baseline(self) -> tuple[float, float, bool, float, float]:
+        """(median, MAD, on log scale?, median of logs, MAD of logs floored at 0.05) of the window."""
+        vals = self.window.array()
+        m, spread = median(vals.tolist()), mad(vals.tolist())
+        if vals.min() > 0:
+            logs = np.log(vals).tolist()
+            return m, spread, True, median(logs), max(mad(logs), 0.05)
+        return m, spread, False, math.nan, math.nan
+
+    def _spike(self, step: int, x: float, m: float, ctx: Context) -> Finding:
         self.spikes.append(self.index)
         recent = sum(1 for i in self.spikes if self.index - i < self.QUIET)
-        big = x - m >= abs(self.curve.first)
-        severity = WARNING if big or recent >= 3 else INFO
+        first = self.curve.first if math.isfinite(self.curve.first) else m
+        big = x - m >= 2 * max(abs(first - m), abs(m))
+        severity = WARNING if big else INFO
+        spread = self.baseline[1]
         if self.active_since is None:
             self.active_since = step
         actions = []
