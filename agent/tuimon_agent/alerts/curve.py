@@ -133,7 +133,7 @@ class LossCurve:
             return None
         return self._end[-1 - back]
 
-    def lr_rising(self, over: int = 10, factor: float = 1.2) -> bool:
+    def lr_rising(self, over: int = 20, factor: float = 1.05) -> bool:
         """Whether the learning rate grew by ``factor`` or more over the newest ``over`` blocks (a warmup)."""
         if len(self._lr) < 2:
             return False
