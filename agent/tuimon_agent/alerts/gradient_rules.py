@@ -22,9 +22,9 @@ figures are taken over weight matrices only (see :class:`~.layer_common.WeightIn
     Statistic: ``d = median(log10 rms)`` of the first quarter of the weight matrices (model order, at least one)
     minus that of the last quarter, median over the last 5 samples; exact-zero gradients (dead units, unused
     layers) are left out. Healthy networks measured: ``d >= -1.7``. On when ``d <= -3`` (early layers get 1000×
-    less) for 3 samples while the training loss is not learning (over at least 20 logged losses, the recent median is
-    not 10% below the start) and no layer has half its units dead or saturated (those rules explain it); critical when ``d <= -6``; off when ``d >= -2`` for 3
-    samples. Subordinate to ``nonfinite``, ``dead_units``, ``saturation``, ``unnormalized_input``,
+    less) for 2 samples while the training loss is not learning (over at least 20 logged losses, the recent median is
+    not 10% below the start) and no layer has half its units dead or saturated (those rules explain it);
+    critical when ``d <= -6``; off when ``d >= -2`` for 5 samples. Subordinate to ``nonfinite``, ``dead_units``, ``saturation``, ``unnormalized_input``,
     ``exploding_gradients`` and ``loss_divergence`` (a blown-up tanh RNN stops passing gradient back).
 ``update_ratio`` (scope ``global``)
     Statistic: the median over weight matrices of ``log10(update_ratio)`` (``‖Δw‖ / ‖w‖`` of the step), median
@@ -178,7 +178,9 @@ class ExplodingGradients(Rule):
             evidence["start"] = 10 ** min(self.reference)
         where = f", most in {', '.join(layers[:3])}" if layers else ""
         actions = []
-        if len(self.healthy):  # however few healthy samples the run had before (1 with stats_every=50 at step 100)
+        if len(
+            self.healthy
+        ):  # however few healthy samples the run had before (1 with stats_every=50 at step 100)
             actions.append(set_clip(self.healthy.quantile(0.9), CLIP_WHY))
         if ctx.lr is not None and ctx.lr > 0:
             actions.append(set_lr(ctx.lr / 10, f"a tenth of {fnum(ctx.lr)}"))
@@ -231,7 +233,7 @@ class VanishingGradients(Rule):
         self.since: int | None = None  # first sample of the current stretch with d <= -3 (the onset)
         self.modules = _ModuleColumns()
         self.explained = False  # half of some layer's units dead or saturated in the latest act_stats
-        self.state = Hysteresis(-3.0, -2.0, min_on=3, min_off=3, above=False)
+        self.state = Hysteresis(-3.0, -2.0, min_on=2, min_off=5, above=False)
 
     def feed(self, record: Record, ctx: Context) -> list[Finding] | None:
         """Read one ``metrics``, ``act_stats`` or ``param_stats`` record."""
