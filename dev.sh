@@ -33,6 +33,7 @@ case "$cmd" in
     python tests/benchmarks/bench_viewer.py
     python tests/benchmarks/bench_checks.py
     python tests/benchmarks/bench_instruments.py
+    python tests/benchmarks/bench_probe.py
     ;;
   *) echo "usage: ./dev.sh demo|test|bench [options]" >&2; exit 2 ;;
 esac
