@@ -549,6 +549,18 @@ def test_saturation_fires_on_pinned_tanh_and_defers_to_a_diverging_loss() -> Non
     assert alert["severity"] == "info" and alert["evidence"]["caused_by"] == "loss_rising"
 
 
+def test_saturation_left_behind_by_a_divergence_stays_attributed_to_it() -> None:
+    s = Stream([Saturation()])
+    for step in range(1, 300):
+        s.metrics(
+            step, 2.3 * 2 ** min(step, 12) if step < 40 else 3.0
+        )  # diverges, then calms down near the start
+        s.acts(step, saturated=0.99)  # the units stay pinned
+    sat = s.of("saturation")
+    assert sat and all(p["severity"] == "info" for p in sat)
+    assert sat[-1]["evidence"]["caused_by"] == "loss_rising" and sat[-1]["state"] == "active"
+
+
 def test_saturation_stays_quiet_on_a_healthy_tanh() -> None:
     s = Stream([Saturation()])
     rng = np.random.default_rng(8)

@@ -17,7 +17,9 @@ assumed without it).
     ``critical`` at ``>= 0.9``; off at ``<= 0.3`` for 3 samples. Same attribution as ``dead_units``: a diverging
     run pins tanh units at ±1 as a consequence, not a cause.
 
-Both wait until :data:`SURE_LOSSES` training losses were logged (when the run logs any) before the first report, so
+A cause seen during an episode (an active alert of a ``subordinate_to`` rule, or the loss well above its start)
+keeps the episode at ``info`` until it resolves: units saturated or killed by a divergence stay so after the loss
+calms down, and are still its consequence. Both wait until :data:`SURE_LOSSES` training losses were logged (when the run logs any) before the first report, so
 that a loss diverging from its first steps is seen as the cause; the onset is still the first sample of the window.
 """
 
@@ -57,6 +59,7 @@ class _FractionRule(Rule):
 
     def __init__(self) -> None:
         self.states: dict[str, Hysteresis] = {}
+        self.caused: dict[str, str] = {}  # module -> the cause that explained its current episode
         self.batch = DEFAULT_BATCH
         self.loss = LossTrend()
         self._key: int | None = None
@@ -126,19 +129,31 @@ class _FractionRule(Rule):
                     continue  # on, but said only once a few losses tell a divergence (the cause) from this
                 onset = st.onset if st.onset is not None else step
                 mean = float(recent[:, j].mean())
-                out.append(self._finding(name, self.mtypes[j], step, onset, lo, mean, k))
+                out.append(self._finding(name, self.mtypes[j], step, onset, lo, mean, k, ctx))
             elif changed:
+                self.caused.pop(name, None)
                 out.append(self.resolved(name, step))
         return out or None
 
     def _finding(
-        self, name: str, mtype: str, step: int, onset: int, low: float, mean: float, k: int
+        self, name: str, mtype: str, step: int, onset: int, low: float, mean: float, k: int, ctx: Context
     ) -> Finding:
         raise NotImplementedError
 
-    def _severity(self, low: float) -> tuple[str, dict[str, str]]:
-        if self.loss.rising():
-            return INFO, {"caused_by": "loss_rising"}
+    def _severity(self, name: str, low: float, ctx: Context) -> tuple[str, dict[str, str]]:
+        # A cause seen during the episode explains it for the rest of the episode: saturated or dead units stay so
+        # after a divergence has calmed down (the damage is done), and are still its consequence.
+        cause = self.caused.get(name)
+        if cause is None:
+            active = sorted(r for r in self.subordinate_to if ctx.is_active(r))
+            if active:
+                cause = ",".join(active)
+            elif self.loss.rising():
+                cause = "loss_rising"
+            if cause is not None:
+                self.caused[name] = cause
+        if cause is not None:
+            return INFO, {"caused_by": cause}
         return (CRITICAL if low >= self.critical_at else WARNING), {}
 
 
@@ -152,9 +167,9 @@ class DeadUnits(_FractionRule):
     off_at = 0.4
 
     def _finding(
-        self, name: str, mtype: str, step: int, onset: int, low: float, mean: float, k: int
+        self, name: str, mtype: str, step: int, onset: int, low: float, mean: float, k: int, ctx: Context
     ) -> Finding:
-        severity, extra = self._severity(low)
+        severity, extra = self._severity(name, low, ctx)
         return self.active(
             name,
             step,
@@ -187,9 +202,9 @@ class Saturation(_FractionRule):
     off_at = 0.3
 
     def _finding(
-        self, name: str, mtype: str, step: int, onset: int, low: float, mean: float, k: int
+        self, name: str, mtype: str, step: int, onset: int, low: float, mean: float, k: int, ctx: Context
     ) -> Finding:
-        severity, extra = self._severity(low)
+        severity, extra = self._severity(name, low, ctx)
         bounds = "±1" if mtype == "Tanh" else "0 or 1"
         return self.active(
             name,
