@@ -18,7 +18,10 @@ each, in one process, rounds interleaved and the median round reported (``torch.
   ``run.log({"loss": ...})`` against a step with only ``run.log``, i.e. one wandb histogram pass over the same
   tensors (with ``log_freq`` equal to our ``hist_every`` it pays this every ``hist_every`` steps, as we do).
 
-Every figure but ``bare`` is a ratio to the bare step of the same round (``×`` columns; ``default`` and ``stats@1``
+Times are the training thread's CPU time (``--clock cpu``, the default: what the training loop itself spends,
+steady on a machine shared with other processes; the agent thread's work is not in it, by design it runs beside
+the loop) or wall-clock time (``--clock wall``, for a quiet machine). Every figure but ``bare`` is a ratio to the
+bare step of the same round (``×`` columns; ``default`` and ``stats@1``
 as overhead in %). TensorBoard and wandb are optional (``pip install tensorboard wandb``, or the ``bench`` extra):
 a missing one prints "not installed". wandb runs with ``WANDB_MODE=offline``, ``WANDB_SILENT=true`` and a temporary
 ``WANDB_DIR``.
@@ -47,6 +50,8 @@ from tuimon_agent import histograms
 from tuimon_agent.monitor import DEFAULT_HIST_BINS, DEFAULT_HIST_EVERY, DEFAULT_STATS_EVERY
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "digits.py"
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+_clock = time.thread_time
 Make = Callable[[], tuple[nn.Module, torch.optim.Optimizer, Callable[[], torch.Tensor]]]
 
 
@@ -116,7 +121,7 @@ def _time_steps(make: Make, steps: int, mode: str, wandb_run: Any = None) -> flo
             opt.zero_grad()
             loss_fn().backward()
             opt.step()
-        t0 = time.perf_counter()
+        t0 = _clock()
         for _ in range(steps):
             opt.zero_grad()
             loss = loss_fn()
@@ -126,7 +131,7 @@ def _time_steps(make: Make, steps: int, mode: str, wandb_run: Any = None) -> flo
                 mon.log(loss=loss)
             elif wandb_run is not None:
                 wandb_run.log({"loss": loss.item()})
-        return (time.perf_counter() - t0) / steps
+        return (_clock() - t0) / steps
     finally:
         if mon is not None:
             mon.close()
@@ -157,15 +162,15 @@ def _time_hist_passes(make: Make, reps: int, tb: bool) -> tuple[float, float]:
         writer = SummaryWriter(tempfile.mkdtemp())
     try:
         for rep in range(reps + 1):
-            t0 = time.perf_counter()
+            t0 = _clock()
             hist.measure()
-            t1 = time.perf_counter()
+            t1 = _clock()
             if writer is not None:
                 for name, p in named:
                     writer.add_histogram(name, p, rep)
                     if p.grad is not None:
                         writer.add_histogram(f"{name}.grad", p.grad, rep)
-            t2 = time.perf_counter()
+            t2 = _clock()
             if rep:  # the first is a warm-up
                 ours.append(t1 - t0)
                 theirs.append(t2 - t1)
@@ -232,14 +237,19 @@ def main() -> None:
         "--wandb-steps", type=int, default=5, help="timed steps of the two wandb configurations"
     )
     parser.add_argument("--models", default="digits,mlp", help="comma-separated: digits, mlp")
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="cpu", help="training-thread CPU or wall time"
+    )
     args = parser.parse_args()
+    global _clock
+    _clock = CLOCKS[args.clock]
     torch.set_num_threads(1)
     why_not = {name: _optional(name) for name in ("tensorboard", "wandb")}
     versions = [f"torch {torch.__version__}"]
     for name in ("tensorboard", "wandb"):
         versions.append(f"{name} {why_not[name] or sys.modules[name].__version__}")
     print(
-        f"{', '.join(versions)}; 1 CPU thread; {args.rounds} rounds × {args.steps} steps (default: "
+        f"{', '.join(versions)}; 1 CPU thread; {args.clock} clock; {args.rounds} rounds × {args.steps} steps (default: "
         f"{max(DEFAULT_STATS_EVERY, math.ceil(args.steps / DEFAULT_STATS_EVERY) * DEFAULT_STATS_EVERY)}), wandb: {args.wandb_steps}), "
         f"medians; stats_every={DEFAULT_STATS_EVERY}, hist_every={DEFAULT_HIST_EVERY}, hist_bins={DEFAULT_HIST_BINS}"
     )
