@@ -301,3 +301,30 @@ def test_a_forward_that_cannot_run_twice_is_reported_and_monitoring_goes_on(tmp_
     assert mon.run_file is not None
     with RunFileReader(mon.run_file) as r:
         assert [rec.step for rec in r.records() if rec.kind == protocol.PARAM_STATS] == [4, 8]
+
+
+def test_an_output_that_cannot_be_checked_leaves_it_to_the_loss(tmp_path: Path) -> None:
+    """A model returning a dict: its outputs are not checked, so a NaN weight is found by a forced sample."""
+
+    class DictNet(Net):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+            return {"logits": super().forward(x)}
+
+    torch.manual_seed(0)
+    model = DictNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = tuimon_agent.watch(model, opt, dir=tmp_path, publish=False, stats_every=50, hist_every=0)
+    step = 0
+    while step < BAD_STEP or (step < 5000 and not _events(mon)):
+        step += 1
+        if step == BAD_STEP:
+            with torch.no_grad():
+                model.mid.weight[0, 0] = math.nan
+        loss = nn.functional.cross_entropy(model(torch.randn(8, 6))["logits"], torch.randint(0, 3, (8,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    mon.close()
+    (event,) = _events(mon)
+    assert (event["first_step"], event["of"], event["how"]) == (BAD_STEP, "weight", "forced")

@@ -109,7 +109,7 @@ class ActStats:
         model: The module (wrappers are unwrapped).
         steps: The :class:`ParamStats` of the same optimizer: its step post hook counts the steps and arms this
             (``every`` is its interval).
-        enqueue: ``enqueue(kind, step, payload)`` with ``kind`` ``"modules"`` or ``"acts"``.
+        enqueue: ``enqueue(kind, step, payload)`` with ``kind`` ``"modules"``, ``"acts"`` or ``"prov"``.
         step_of: The step the record of the forward being measured belongs to.
         on_error: Called with any exception from a hook; the hooks then do nothing more.
     """
@@ -140,6 +140,10 @@ class ActStats:
         """Every training-mode forward's output is checked for NaN/Inf, and the first non-finite one replayed
         (:meth:`_replay`): set by :meth:`install` when the model is on the CPU (elsewhere reading the check would
         synchronise with the device)."""
+
+    def outputs_checked(self) -> bool:
+        """Whether training forwards' outputs are still being checked (read by the agent thread)."""
+        return self.checks_outputs
 
     def force_next(self) -> None:
         """Measure the next training forward and the optimizer step after it in full (called from the agent thread
@@ -239,7 +243,12 @@ class ActStats:
     def _check_output(self, root: Any, output: Any) -> None:
         """Every training forward on the CPU: the first non-finite output is replayed to find its first layer."""
         y = _first_tensor(output)
-        if y is None or not y.is_floating_point() or y.device.type != "cpu" or not y.numel():
+        if y is None or not y.is_floating_point() or y.device.type != "cpu":
+            # An output this cannot read (a dict, integers, moved off the CPU): checks stop, the loss decides.
+            self.checks_outputs = False
+            self._last = None
+            return
+        if not y.numel():
             return
         lo, hi = torch.aminmax(y.detach())  # NaN propagates, ±Inf is an extreme: 12× cheaper than isfinite().all()
         if -math.inf < float(lo) and float(hi) < math.inf:

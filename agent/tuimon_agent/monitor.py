@@ -463,7 +463,7 @@ class Monitor(ControlMixin):
         force a full measurement."""
         prov.every = every
         if self._acts is not None:
-            prov.forward_checked = self._acts.checks_outputs
+            prov.forward_checked = self._acts.outputs_checked
             prov.force = self._acts.force_next
         elif self._stats is not None:
             prov.force = self._stats.force_next

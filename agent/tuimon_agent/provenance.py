@@ -102,14 +102,19 @@ class Provenance:
     """Decides the one ``nonfinite`` event of a run from what the agent thread reads (see the module docstring).
 
     Args:
-        forward_checked: Every training-mode forward's output is checked on the training thread (CPU replay).
+        forward_checked: Every training-mode forward's output is checked on the training thread (CPU replay): a
+            bool, or a callable asked each time (the training thread stops checking an output it cannot read).
         force: Called (on the agent thread) to have the training thread measure the next forward and optimizer
             step in full; ``None`` when there is nothing to force (statistics off).
         every: The sampling interval of ``param_stats`` (for the messages).
     """
 
     def __init__(
-        self, *, forward_checked: bool = False, force: Callable[[], None] | None = None, every: int = 0
+        self,
+        *,
+        forward_checked: bool | Callable[[], bool] = False,
+        force: Callable[[], None] | None = None,
+        every: int = 0,
     ) -> None:
         self.forward_checked = forward_checked
         self.force = force
@@ -119,6 +124,10 @@ class Provenance:
         self._acts: tuple[int | None, str | None, bool] | None = None
         self._pending: tuple[int | None, dict[str, Any]] | None = None
         self._acts_step: int | None = None
+
+    def _checked(self) -> bool:
+        v = self.forward_checked
+        return bool(v()) if callable(v) else bool(v)
 
     def _finish(self, data: dict[str, Any] | None) -> dict[str, Any] | None:
         if data is not None:
@@ -177,14 +186,14 @@ class Provenance:
                     first_step=step,
                     of="loss",
                     how="loss",
-                    exact=self.forward_checked,
+                    exact=self._checked(),
                     seen_at=step,
                     note=note,
                 )
             )
         if not bad:
             return None
-        if self.forward_checked:
+        if self._checked():
             note = f"{bad[0]}={values[bad[0]]}; the model's output at that step was finite: the loss function"
             return self._finish(
                 record(first_step=step, of="loss", how="loss", exact=True, seen_at=step, note=note)
@@ -207,7 +216,7 @@ class Provenance:
         input_bad: bool,
     ) -> None:
         """An ``act_stats`` measurement (sampled or forced): remembered until that step's ``param_stats``."""
-        if self.done or self.forward_checked:
+        if self.done or self._checked():
             return
         self._acts_step = step
         layer = next((names[i] for i in order if i < len(nonfinite) and nonfinite[i]), None)
