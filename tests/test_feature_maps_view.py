@@ -157,6 +157,11 @@ async def test_feature_maps_screen_shows_the_recorded_probe(probe_run: Path, siz
         assert "probe input · 1×8×8" in text
         assert "1/2 features.1 · ReLU · 16×8×8 · ch 0–7 of 16" in text
         assert "c0" in text and "c7" in text
+        everything = "\n".join(line.text for line in widget._lines)  # scrolled out of view included
+        second = probe.layers[1]
+        const = [k for k in range(len(second.channels)) if second.lo[k] == second.hi[k]]
+        # a constant (dead) channel's label says its value (this run has one in features.3 on this torch build)
+        assert all(f"c{second.channels[k]} ={second.lo[k]:.2g}" in everything for k in const)
         assert not screen.has_class("-empty")
         # The probe image: each cell's foreground is the upper pixel and its background the lower one.
         img = probe.image
@@ -239,7 +244,20 @@ async def test_hostile_feature_maps_records_are_counted_not_drawn() -> None:
     state_records = [
         protocol.Record(protocol.HELLO, 1, None, 1.0, {"run_id": "r", "name": "x"}),
         protocol.Record(
-            FEATURE_MAPS, 2, 1, 1.0, {"layers": [_layer("ok", nonfinite=np.array([0, 1], np.uint8))]}
+            FEATURE_MAPS,
+            2,
+            1,
+            1.0,
+            {
+                "layers": [
+                    _layer(
+                        "ok",
+                        nonfinite=np.array([0, 1], np.uint8),
+                        min=np.array([0.5, 0.0]),
+                        max=np.array([0.5, 1.0]),
+                    )
+                ]
+            },
         ),
         protocol.Record(
             FEATURE_MAPS, 3, 2, 1.0, {"layers": [_layer("huge", maps=np.zeros((1, 1, 1 << 23), np.uint8))]}
@@ -253,6 +271,7 @@ async def test_hostile_feature_maps_records_are_counted_not_drawn() -> None:
         widget = app.screen.query_one(FeatureMaps)
         text = "\n".join(_text(widget))
         assert "ok · Conv2d" in text and "c1 NaN" in text  # a channel that had NaN/Inf is labelled
+        assert "c0 =0.5" in text  # a constant channel (min = max) says its value
         app.state.apply(state_records[2])
         await pilot.pause(0.3)
         assert app.state.probe.malformed == 1

@@ -122,3 +122,21 @@ def test_dead_units_over_time_80x24(snap_compare: Any, tmp_path: Path) -> None:
     run = record_dead_relu_run(tmp_path)
     _make_deterministic(run)
     assert snap_compare(make_app(FileSource(run)), terminal_size=(80, 24), run_before=_dead_units)
+
+
+# -- feature maps of the probe input (tests/test_feature_maps_view.py records the demo's run, deterministic) --
+
+
+async def _feature_maps(pilot: Pilot) -> None:
+    await wait_loaded(pilot)
+    await pilot.press("g")
+    await pilot.pause()
+    await pilot.press("f")
+    await pilot.pause(0.3)
+
+
+def test_feature_maps_80x24(snap_compare: Any, tmp_path: Path) -> None:
+    from test_feature_maps_view import record_probe_run
+
+    run = record_probe_run(tmp_path)
+    assert snap_compare(make_app(FileSource(run)), terminal_size=(80, 24), run_before=_feature_maps)

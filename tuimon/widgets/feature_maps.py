@@ -273,6 +273,8 @@ class FeatureMaps(CachedComponentStyles, ScrollView, can_focus=True):
                     text = f"c{ms.channels[c]}"
                     if ms.nonfinite[c]:
                         text += " NaN"
+                    elif ms.lo[c] == ms.hi[c]:  # a constant channel (all pixels 0): say its value
+                        text += f" ={ms.lo[c]:.2g}"
                     text = text[:tw].ljust(tw) + (" " * GAP if n < len(idx) - 1 else "")
                     segs.append(Segment(text, bad if ms.nonfinite[c] else label))
                 self._lines.append(Strip(segs))
