@@ -289,3 +289,31 @@ def test_robust_helpers() -> None:
     with pytest.raises(ValueError, match="invalid thresholds"):
         Hysteresis(1.0, 2.0)
     assert set_clip(2.5)["args"] == {"max_norm": 2.5}
+
+
+def test_hostile_and_partial_records_never_raise_out_of_the_engine() -> None:
+    warnings: list[str] = []
+    diag = Diagnoser(warn=warnings.append)
+    junk = [
+        Record(protocol.METRICS, 1, 1, 0.0, {"values": None}),
+        Record(protocol.METRICS, 2, 2, 0.0, {"values": {"loss": "abc", "opt/lr": "fast"}}),
+        Record(protocol.METRICS, 3, None, 0.0, {"values": {"loss": 1.0}}),
+        Record(protocol.METRICS, 4, 4, 0.0, {}),
+        Record(protocol.EVAL, 5, 5, 0.0, {"values": [1, 2]}),
+        Record(protocol.LAYERS, 6, None, 0.0, {"params": "nope"}),
+        Record(protocol.MODULES, 7, None, 0.0, {"modules": [1, None, {"name": 3}]}),
+        Record(protocol.PARAM_STATS, 8, 8, 0.0, {"update_ratio": "x", "global_grad_norm": None}),
+        Record(protocol.PARAM_STATS, 9, 9, 0.0, {"update_ratio": np.zeros(3), "grad_norm": np.ones(7)}),
+        Record(protocol.ACT_STATS, 10, 10, 0.0, {"dead": np.ones(2)}),
+        Record(protocol.INPUT_STATS, 11, 11, 0.0, {"mean": 5}),
+        Record(protocol.EVENT, 12, 12, 0.0, {"what": "nonfinite", "step": "x"}),
+        Record("unknown-kind", 13, 13, 0.0, {"a": 1}),
+    ]
+    for rec in junk:
+        diag.feed(rec)
+    for i in range(14, 400):  # then a normal stream: the loss rules are still there and working
+        diag.feed(metrics(i, 2.3 if i < 20 else 500.0))
+    loss_rules = {"loss_divergence", "loss_plateau", "overfitting", "underfitting", "loss_spike"}
+    assert not loss_rules & set(diag.disabled), diag.disabled
+    assert any(p["rule"] == "loss_divergence" for p in diag.active())
+    assert len(warnings) == len(diag.disabled)
