@@ -34,6 +34,7 @@ case "$cmd" in
     python tests/benchmarks/bench_checks.py
     python tests/benchmarks/bench_instruments.py
     python tests/benchmarks/bench_probe.py
+    python tests/benchmarks/bench_alerts.py
     ;;
   *) echo "usage: ./dev.sh demo|test|bench [options]" >&2; exit 2 ;;
 esac

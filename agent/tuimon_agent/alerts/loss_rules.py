@@ -190,9 +190,10 @@ class LossPlateau(_LossRule):
     stuck.
 
     Evaluated at every completed block after a burn-in of 20 blocks (200 values), on ``level`` = the median of the
-    last 5 blocks. Stuck when ``improvement = (start - level) / |start|`` (``start`` the median of the first 30 values) is below 5% and the last 10
-    blocks are flat (their two halves' medians differ by less than 2% of ``|start|``) and not above the
-    initial level by more than 10% (that is divergence), while the learning rate is not rising (a warmup is not a plateau). Tiny updates (the median ``update_ratio`` of the latest
+    last 5 blocks. Stuck when ``improvement = (start - level) / |start|`` (``start`` the median of the first 30
+    values) is below 5%, the loss is flat (``level`` and the 5-block median 150 values earlier differ by less than
+    2% of ``|start|``) and not above the initial level by more than 10% (that is divergence), while the learning
+    rate is not rising (a warmup is not a plateau). Tiny updates (the median ``update_ratio`` of the latest
     ``param_stats`` below 1e-5) make it a warning at once; otherwise (learning stuck with normal steps) it is info,
     and a warning only after 100 blocks (1,000 values). Off when the improvement passes 10% for 2 blocks.
     Suggests ``set_lr`` to 10× the current learning rate when updates are tiny.
@@ -223,12 +224,12 @@ class LossPlateau(_LossRule):
         c = self.curve
         step = c.step_at()
         assert step is not None
-        if c.blocks_total < self.BURN_IN or c.blocks < 10:
+        if c.blocks_total < self.BURN_IN or c.blocks < 20:
             return None
         scale = _scale(c.start)
         level = c.level(5)
         improvement = (c.start - level) / scale
-        drift = abs(c.level(5, skip=5) - level) / scale
+        drift = abs(c.level(5, skip=15) - level) / scale
         flat = drift < 0.02 and improvement > -0.1 and not c.lr_rising()
         value = improvement if flat or self.state.on else math.nan
         changed = self.state.update(value, step)
