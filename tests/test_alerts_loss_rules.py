@@ -253,3 +253,20 @@ def test_rules_read_other_loss_names_and_skip_non_finite_values() -> None:
     loss[0] = 1.0
     top, _ = diagnose(loss * np.where(np.arange(400) > 100, 30.0, 1.0), name="train/loss")
     assert top["loss_divergence"][0] == "critical"
+
+
+def test_an_eval_loss_logged_with_log_rather_than_log_eval_is_paired_too() -> None:
+    rng = np.random.default_rng(10)
+    t = np.arange(1500.0)
+    train = noisy(0.01 + 2.3 * np.exp(-t / 100), rng, 0.3)
+    diag = Diagnoser([cls() for cls in LOSS_RULES], warn=None)
+    out = []
+    for i, v in enumerate(train):
+        step = i + 1
+        out += diag.feed(Record(protocol.METRICS, 0, step, 0.0, {"values": {"loss": float(v)}}))
+        if step % 50 == 0:  # mon.log(val_loss=...) on its own: a metrics record
+            val = (0.9 + 1.4 * np.exp(-step / 100)) if step < 400 else 0.92 + 0.0006 * (step - 400)
+            out += diag.feed(Record(protocol.METRICS, 0, step, 0.0, {"values": {"val_loss": float(val)}}))
+    assert diag.ctx.eval_loss_name == "val_loss" and diag.ctx.eval_in_metrics
+    over = [r.data for r in out if r.data["rule"] == "overfitting"]
+    assert over and over[0]["severity"] == "warning" and over[0]["metric"] == "val_loss"

@@ -189,7 +189,8 @@ class Context:
         lr: The latest ``opt/lr`` (``None`` until known).
         lr_max: The largest ``opt/lr`` seen so far (``None`` until known).
         loss_name: The training-loss metric (``loss`` by convention, else the first name containing ``loss``).
-        eval_loss_name: Its eval twin once an eval record names one (``val/loss``, ``val_loss``, ... or ``loss``).
+        eval_loss_name: Its eval twin once an eval record names one (``val/loss``, ``val_loss``, ... or ``loss``),
+            or a ``metrics`` record does (``val_loss`` logged with ``log()``; then ``eval_in_metrics``).
         ended: An ``end`` record was seen.
     """
 
@@ -204,6 +205,7 @@ class Context:
         self.lr_max: float | None = None
         self.loss_name: str | None = None
         self.eval_loss_name: str | None = None
+        self.eval_in_metrics = False
         self.ended = False
         self._active: dict[str, str] = {}  # alert id -> severity, kept by the engine
         self._active_rules: collections.Counter[str] = collections.Counter()
@@ -224,6 +226,11 @@ class Context:
                     self.lr_max = self.lr if self.lr_max is None else max(self.lr_max, self.lr)
                 if self.loss_name is None:
                     self.loss_name = _pick_loss(values)
+                if self.eval_loss_name is None and self.loss_name is not None:
+                    # An eval loss logged with log() rather than log_eval(): ``val_loss`` next to ``loss``.
+                    twin = _eval_twin(self.loss_name, values, prefixed_only=True)
+                    if twin is not None:
+                        self.eval_loss_name, self.eval_in_metrics = twin, True
         elif kind == protocol.EVAL:
             values = d.get("values")
             if isinstance(values, dict) and self.eval_loss_name is None and self.loss_name is not None:
@@ -276,8 +283,11 @@ class Context:
         return float(v) if isinstance(v, (int, float)) else None
 
     def eval_loss_value(self, rec: Record) -> float | None:
-        """The eval twin of the training loss in an ``eval`` record, or ``None``."""
-        if rec.kind != protocol.EVAL or self.eval_loss_name is None:
+        """The eval twin of the training loss in an ``eval`` record (or in a ``metrics`` record, for runs that log
+        it there), or ``None``."""
+        if self.eval_loss_name is None:
+            return None
+        if rec.kind != protocol.EVAL and not (rec.kind == protocol.METRICS and self.eval_in_metrics):
             return None
         values = rec.data.get("values")
         v = values.get(self.eval_loss_name) if isinstance(values, dict) else None
@@ -306,8 +316,9 @@ def _pick_loss(values: dict[str, Any]) -> str | None:
     return None
 
 
-def _eval_twin(train_name: str, values: dict[str, Any]) -> str | None:
-    """The eval name that pairs with a train metric (as the viewer's ``RunState.eval_for`` pairs them)."""
+def _eval_twin(train_name: str, values: dict[str, Any], *, prefixed_only: bool = False) -> str | None:
+    """The eval name that pairs with a train metric (as the viewer's ``RunState.eval_for`` pairs them); with
+    ``prefixed_only``, only ``val_loss``-like names (for a ``metrics`` record, where ``loss`` is the train loss)."""
     base = train_name
     for p in _TRAIN_PREFIXES:
         if base.startswith(p):
@@ -316,6 +327,8 @@ def _eval_twin(train_name: str, values: dict[str, Any]) -> str | None:
     for p in _EVAL_PREFIXES:
         if p + base in values:
             return p + base
+    if prefixed_only:
+        return None
     for n in (base, train_name):
         if n in values:
             return n

@@ -327,7 +327,8 @@ class Overfitting(_EvalRule):
     def feed(self, record: Record, ctx: Context) -> list[Finding] | None:
         if record.kind == protocol.METRICS:
             self._add_loss(record, ctx)
-            return None
+            if not ctx.eval_in_metrics:
+                return None
         if not self._add_eval(record, ctx):
             return None
         step, val, train = self.evals[-1]
@@ -417,7 +418,8 @@ class Underfitting(_EvalRule):
     def feed(self, record: Record, ctx: Context) -> list[Finding] | None:
         if record.kind == protocol.METRICS:
             self._add_loss(record, ctx)
-            return None
+            if not ctx.eval_in_metrics:
+                return None
         if not self._add_eval(record, ctx):
             return None
         c = self.curve
