@@ -256,6 +256,24 @@ def test_tanh_and_sigmoid_networks_with_plain_sgd(tmp_path: Path, act: type[nn.M
     assert_diagnosed_and_quiet(records)
 
 
+def test_a_confident_classifier_with_an_output_sigmoid(tmp_path: Path) -> None:
+    """A separable binary task learned to near-certainty: the output sigmoid sits at 0 or 1, as it should."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(8)
+
+    def batch(_: int) -> tuple[Any, Any]:
+        x = torch.randn(64, 10, generator=g)
+        return x, (x[:, 0] > 0).float().unsqueeze(1)
+
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1), nn.Sigmoid())
+    records, losses = train(
+        tmp_path, model, torch.optim.Adam(model.parameters(), 3e-2), batch, F.binary_cross_entropy
+    )
+    acts = [r for r in records if r.kind == protocol.ACT_STATS]
+    assert float(acts[-1].data["saturated"][-1]) > 0.5  # the output really is saturated
+    assert_diagnosed_and_quiet(records)
+
+
 def test_the_same_pipeline_speaks_on_raw_pixels(tmp_path: Path) -> None:
     """The control: the same loop with 0-255 inputs raises unnormalized_input at the first sample, so the quiet
     runs above are quiet because they are healthy, not because nothing was diagnosed."""

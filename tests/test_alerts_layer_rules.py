@@ -561,6 +561,22 @@ def test_saturation_left_behind_by_a_divergence_stays_attributed_to_it() -> None
     assert sat[-1]["evidence"]["caused_by"] == "loss_rising" and sat[-1]["state"] == "active"
 
 
+def test_an_output_sigmoid_is_not_a_saturated_layer() -> None:
+    s = Stream([Saturation()])
+    modules = [*MODULES, ("out", "Sigmoid")]  # a binary classifier's output: confident means near 0 or 1
+    s.feed(Record(protocol.MODULES, 3, None, 0.0, {"modules": [{"name": n, "type": t} for n, t in modules]}))
+    nan = np.float32(np.nan)
+    for step in range(1, 100):
+        s.metrics(step, 0.5 * 0.97**step)
+        sat = np.array(
+            [0.1 if t == "Tanh" else (0.95 if t == "Sigmoid" else nan) for _, t in modules], np.float32
+        )
+        s.feed(
+            Record(protocol.ACT_STATS, 0, step, 0.0, {"saturated": sat, "dead": np.full(len(modules), nan)})
+        )
+    assert s.of("saturation") == []
+
+
 def test_saturation_stays_quiet_on_a_healthy_tanh() -> None:
     s = Stream([Saturation()])
     rng = np.random.default_rng(8)

@@ -13,7 +13,8 @@ assumed without it).
     ``unnormalized_input``, ``nonfinite``, ``exploding_gradients`` and ``loss_divergence`` (a huge step kills
     units); while the training loss sits well above where it started (divergence) the alert is ``info``.
 ``saturation`` (scope: the activation module's name)
-    On at a sustained saturated fraction (``|y| > 0.99`` for tanh, within 0.01 of 0 or 1 for sigmoid) ``>= 0.5``,
+    Hidden layers only: a tanh or sigmoid that is the model's last module is its output activation, and a confident
+    classifier (or a generator drawing ±1 pixels) saturates it by design. On at a sustained saturated fraction (``|y| > 0.99`` for tanh, within 0.01 of 0 or 1 for sigmoid) ``>= 0.5``,
     ``critical`` at ``>= 0.9``; off at ``<= 0.3`` for 3 samples. Same attribution as ``dead_units``: a diverging
     run pins tanh units at ±1 as a consequence, not a cause.
 
@@ -54,6 +55,8 @@ class _FractionRule(Rule):
     on_at = 0.5
     off_at = 0.3
     critical_at = 0.9
+    skip_output = False
+    """Leave out the model's last module (an output activation) when it is of :attr:`types`."""
     kinds = frozenset({protocol.ACT_STATS, protocol.INPUT_STATS, protocol.METRICS})
     subordinate_to = frozenset({"unnormalized_input", "nonfinite", "exploding_gradients", "loss_divergence"})
 
@@ -77,7 +80,12 @@ class _FractionRule(Rule):
         if self._key == id(ctx.modules):
             return
         self._key = id(ctx.modules)
-        cols = [i for i, m in enumerate(ctx.modules) if m.get("type") in self.types]
+        last = len(ctx.modules) - 1
+        cols = [
+            i
+            for i, m in enumerate(ctx.modules)
+            if m.get("type") in self.types and not (self.skip_output and i == last)
+        ]
         self.cols = np.asarray(cols, dtype=np.int64)
         self.names = [str(ctx.modules[i].get("name", f"#{i}")) for i in cols]
         self.mtypes = [str(ctx.modules[i].get("type")) for i in cols]
@@ -200,6 +208,8 @@ class Saturation(_FractionRule):
     types = SATURATING
     on_at = 0.5
     off_at = 0.3
+    # A confident classifier's output sigmoid, a generator's output tanh: saturated by design.
+    skip_output = True
 
     def _finding(
         self, name: str, mtype: str, step: int, onset: int, low: float, mean: float, k: int, ctx: Context
