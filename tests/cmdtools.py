@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,6 +54,17 @@ class Trainer:
         final = json.loads(self.line("FINAL ", timeout)[len("FINAL ") :])
         assert self.proc.wait(timeout) == 0
         return final
+
+    def suspend(self) -> None:
+        """SIGSTOP the trainer and wait until the kernel says it is stopped (a stuck run: alive, silent)."""
+        self.proc.send_signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{self.proc.pid}/stat")
+        while stat.read_text().rpartition(")")[2].split()[0] != "T":
+            time.sleep(0.005)
+
+    def resume(self) -> None:
+        """SIGCONT a suspended trainer."""
+        self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """End the process if it is still running."""

@@ -109,20 +109,20 @@ async def test_arrow_keys_select_the_charted_metric(recorded_run: Path) -> None:
         assert chart.metric == "opt/momentum"
 
 
-async def test_s_and_l_toggle_smoothing_and_log_y(recorded_run: Path) -> None:
+async def test_m_and_y_toggle_smoothing_and_log_y(recorded_run: Path) -> None:
     app = make_app(FileSource(recorded_run))
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_loaded(pilot)
         chart = app.overview.query_one(MetricChart)
         renders = chart.renders
-        await pilot.press("s")
+        await pilot.press("m")
         await pilot.pause()
         assert chart.smoothing and "EMA smoothing" in chart.title
         assert chart.renders > renders
-        await pilot.press("l")
+        await pilot.press("y")
         await pilot.pause()
         assert chart.log_y and chart.title == "loss · EMA smoothing 0.85 · log y"
-        await pilot.press("s", "l")
+        await pilot.press("m", "y")
         await pilot.pause()
         assert chart.title == "loss"
 
@@ -304,10 +304,10 @@ async def test_nan_and_inf_values_do_not_break_rows_or_chart() -> None:
         assert row is not None and "nan" in plain(row) and "×" in plain(row)
         chart = app.overview.query_one(MetricChart)
         renders = chart.renders
-        await pilot.press("l")  # log y: the -0.1 is hidden, and says so
+        await pilot.press("y")  # log y: the -0.1 is hidden, and says so
         await pilot.pause()
         assert chart.title == "loss · log y (≤0 hidden)" and chart.renders > renders
-        await pilot.press("s")
+        await pilot.press("m")
         await pilot.pause()
         assert chart.renders > renders + 1
 

@@ -143,7 +143,7 @@ def no_checks_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 async def _open_checks(pilot: Pilot) -> ChecksScreen:
     await wait_loaded(pilot)
-    await pilot.press("c")
+    await pilot.press("C")
     await pilot.pause()
     screen = pilot.app.screen
     assert isinstance(screen, ChecksScreen)
@@ -165,12 +165,12 @@ async def test_overview_tallies_the_checks(checks_run: Path, size: tuple[int, in
         await wait_loaded(pilot)
         badge = app.overview.query_one("#checks-badge", Static)
         assert app.overview.has_class("-checks") and badge.display
-        assert str(badge.render()) == "checks ✓3 !1 ✗1 ?1 (c)"
+        assert str(badge.render()) == "checks ✓3 !1 ✗1 ?1 (C)"
         # On the notice line's right end, which still says what it said.
         notice = app.overview.query_one(NoticeBar)
         assert badge.region.y == notice.region.y and badge.region.right == size[0]
         assert plain(notice).startswith("no events")
-        assert "c Checks" in _footer(app)
+        assert "C Checks" in _footer(app)
 
 
 def _footer(app: TuimonApp) -> str:
@@ -248,10 +248,10 @@ async def test_checks_screen_lists_every_check_and_details_the_selected_one(
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is app.overview
-        await pilot.press("c")
+        await pilot.press("C")
         await pilot.pause()
         assert isinstance(app.screen, ChecksScreen)
-        await pilot.press("c")
+        await pilot.press("C")
         await pilot.pause()
         assert isinstance(app.screen, OverviewScreen)
 
@@ -299,8 +299,8 @@ async def test_the_checks_screen_follows_new_results_live() -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         app.post_message(SourceUpdated(SourceUpdate([hello, _check_record(2, RESULTS[0])], status="live")))
         await pilot.pause(3 * REPAINT_INTERVAL)
-        assert str(app.overview.query_one("#checks-badge", Static).render()) == "checks ✓1 (c)"
-        await pilot.press("c")
+        assert str(app.overview.query_one("#checks-badge", Static).render()) == "checks ✓1 (C)"
+        await pilot.press("C")
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, ChecksScreen) and screen.checks == ["gradient_check"]

@@ -149,7 +149,7 @@ async def test_the_demo_sanity_check_shows_in_the_checks_panel(tmp_path: Path) -
     app = make_app(FileSource(run_file))
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_loaded(pilot)
-        await pilot.press("c")
+        await pilot.press("C")
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, ChecksScreen)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 from pathlib import Path
 
 import pytest
@@ -95,24 +94,23 @@ def test_json_output_is_the_final_state(trainer: Trainer) -> None:
     assert isinstance(ack["step"], int) and len(ack["id"]) == 32
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("set-lr", "nan"), "invalid learning rate 'nan': must be finite"),
-        (("set-lr", "-1"), "must be > 0"),
-        (("set-lr", "100"), "value=100.0"),
-        (("set-lr", "fast"), "invalid learning rate 'fast': not a number"),
-        (("set-clip", "-2"), "invalid max norm -2.0"),
-        (("set-wd", "inf"), "must be finite"),
-        (("set-lr",), "set-lr takes one value, got 0"),
-        (("bump", "amount"), "expected key=value"),
-    ],
-)
-def test_invalid_values_exit_2_with_the_reason_and_send_nothing(
-    trainer: Trainer, args: tuple[str, ...], message: str
-) -> None:
-    r = tuimon("send", trainer.run_id, *args)
-    assert r.returncode == 2 and message in r.stderr, (r.stdout, r.stderr)
+INVALID = [
+    (("set-lr", "nan"), "invalid learning rate 'nan': must be finite"),
+    (("set-lr", "-1"), "must be > 0"),
+    (("set-lr", "100"), "value=100.0"),
+    (("set-lr", "fast"), "invalid learning rate 'fast': not a number"),
+    (("set-clip", "-2"), "invalid max norm -2.0"),
+    (("set-wd", "inf"), "must be finite"),
+    (("set-lr",), "set-lr takes one value, got 0"),
+    (("bump", "amount"), "expected key=value"),
+]
+"""Invalid CLI input and the message each gets."""
+
+
+def test_invalid_values_exit_2_with_the_reason_and_send_nothing(trainer: Trainer) -> None:
+    for args, message in INVALID:
+        r = tuimon("send", trainer.run_id, *args)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stdout, r.stderr)
     assert not any(rec.kind == "command" for rec in file_records(trainer.run_file))
 
 
@@ -136,12 +134,12 @@ def test_a_finished_run_and_a_dead_one_say_so(tmp_path: Path) -> None:
     assert r.returncode == 2 and "is not live" in r.stderr and "commands go to live runs only" in r.stderr
     t2 = Trainer(tmp_path, "--rate", "50", name="doomed")
     t2.line("STEP 3")
-    t2.proc.send_signal(signal.SIGSTOP)  # stuck: alive but silent
+    t2.suspend()  # stuck: alive but silent
     try:
         r = tuimon("send", t2.run_id, "set-lr", "0.1", "--timeout", "2")
         assert r.returncode == 1 and "no answer" in r.stderr, r.stderr
     finally:
-        t2.proc.send_signal(signal.SIGCONT)
+        t2.resume()
         t2.stop()
 
 

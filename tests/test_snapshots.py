@@ -28,7 +28,7 @@ async def _help(pilot: Pilot) -> None:
 
 async def _acc_smoothed(pilot: Pilot) -> None:
     await wait_loaded(pilot)
-    await pilot.press("down", "s")
+    await pilot.press("down", "m")
     await pilot.pause()
     assert pilot.app.screen.query_one(MetricList).selected == "acc"
 
@@ -81,6 +81,7 @@ def test_alert_detail_100x30(snap_compare: Any, tmp_path: Path) -> None:
 
     run = write_run(tmp_path / "run.sqlite", alert_records())
     assert snap_compare(make_app(FileSource(run)), terminal_size=(100, 30), run_before=_alert_detail)
+
 
 # -- histograms and activations over time (tests/test_hist_view.py records the runs: seeded, one thread) --
 
@@ -140,3 +141,20 @@ def test_feature_maps_80x24(snap_compare: Any, tmp_path: Path) -> None:
 
     run = record_probe_run(tmp_path)
     assert snap_compare(make_app(FileSource(run)), terminal_size=(80, 24), run_before=_feature_maps)
+
+
+# -- live commands: the learning-rate dialog (pushed directly: a replay takes no commands) --
+
+
+async def _lr_dialog(pilot: Pilot) -> None:
+    from tuimon.screens.command_dialog import SetLRDialog
+
+    await wait_loaded(pilot)
+    pilot.app.push_screen(SetLRDialog(0.1))
+    await pilot.pause()
+    await pilot.press(*"x50", "enter")  # ×50: the dialog asks for a second enter
+    await pilot.pause()
+
+
+def test_lr_dialog_80x24(snap_compare: Any, recorded_run: Path) -> None:
+    assert snap_compare(make_app(FileSource(recorded_run)), terminal_size=(80, 24), run_before=_lr_dialog)

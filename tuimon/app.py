@@ -13,14 +13,18 @@ from typing import ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from tuimon_agent.discovery import ConnectionInfo
 
+from .app_commands import LiveCommandsMixin
 from .messages import SourceUpdated
 from .screens import ChecksScreen, HelpScreen, LayersScreen, OverviewScreen, PickRun
 from .screens.alert_detail import AlertDetail
+from .screens.command_dialog import LiveCommands
+from .screens.command_history import CommandHistoryScreen
 from .source import Source, SourceUpdate
 from .state import RunState
 
@@ -30,7 +34,7 @@ REPAINT_INTERVAL = 0.1
 MakeSource = Callable[[ConnectionInfo], Source]
 
 
-class TuimonApp(App[None]):
+class TuimonApp(LiveCommandsMixin, App[None]):
     """The tuimon viewer: one run's live (or replayed) state. Build it with :func:`make_app`.
 
     Args:
@@ -41,11 +45,20 @@ class TuimonApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "tuimon"
+    COMMANDS = App.COMMANDS | {LiveCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("c", "checks", "Checks"),
+        Binding("C", "checks", "Checks"),
         Binding("g", "layers", "Layers"),
+        # live commands (tuimon/app_commands.py)
+        Binding("l", "set_lr", "LR"),
+        Binding("c", "set_clip", "Clip", show=False),
+        Binding("w", "set_weight_decay", "WD", show=False),
+        Binding("p", "pause_resume", "Pause", show=False),
+        Binding("s", "checkpoint", "Checkpoint", show=False),
+        Binding("S", "stop", "Stop", show=False),
+        Binding("h", "command_history", "Commands", show=False),
     ]
 
     def __init__(
@@ -119,6 +132,7 @@ class TuimonApp(App[None]):
         if update.reset:
             state.reset()
             self._reset = True
+            self.drop_command_client()
         if update.records:
             state.apply_many(update.records)
         if update.malformed:
@@ -153,9 +167,13 @@ class TuimonApp(App[None]):
             self._reset = False
             self.overview.clear()
         label = self.source.label if self.source is not None else "a run"
-        self.overview.update(self.state, status=self.display_status, label=label, notice=self.notice)
+        notice = self.command_notice() or self.notice
+        try:
+            self.overview.update(self.state, status=self.display_status, label=label, notice=notice)
+        except NoMatches:  # the app is exiting: the timer fired while the screens were being torn down
+            return
         for screen in self.screen_stack:  # the checks and layers screens, also while the help covers them
-            if isinstance(screen, (ChecksScreen, LayersScreen, AlertDetail)):
+            if isinstance(screen, (ChecksScreen, LayersScreen, AlertDetail, CommandHistoryScreen)):
                 if screen.is_mounted:  # pushed but not composed yet: its on_mount shows the state
                     screen.update(self.state)
 

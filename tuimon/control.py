@@ -18,7 +18,6 @@ The key is read by :func:`load_key`; a run whose connection file this user canno
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import secrets
@@ -365,10 +364,13 @@ class CommandLog:
             a = dict(args) if isinstance(args, dict) else {}
             cmd = self._cmds[cid] = TrackedCommand(cid, nm, a, label_of(nm, a))
             self._trim()
-        elif name is not None and cmd.name == "?":
-            cmd.name = str(name)
-            cmd.args = dict(args) if isinstance(args, dict) else cmd.args
-            cmd.label = label_of(cmd.name, cmd.args)
+        else:  # an ack may come before the command record: fill in what it lacked
+            if name is not None and cmd.name == "?":
+                cmd.name = str(name)
+            if isinstance(args, dict) and args and not cmd.args:
+                cmd.args = dict(args)
+            if not cmd.mine:
+                cmd.label = label_of(cmd.name, cmd.args)
         return cmd
 
     def _trim(self) -> None:
@@ -607,27 +609,32 @@ class CommandClient:
             self._changed(cmd)
 
     async def run(self) -> None:
-        """Receive replies and expire unanswered commands until cancelled or closed."""
+        """Receive replies and expire unanswered commands until cancelled or closed; closes the client at the end
+        (so an app that exits, cancelling this worker, leaves no open socket behind)."""
         try:
             while not self._closed:
                 if await self._sock.poll(200):
                     frames = await self._sock.recv_multipart()
                     self.handle(frames[-1])
                 self.expire()
-        except asyncio.CancelledError:
-            raise
         except zmq.ZMQError:
             if not self._closed:
                 raise
+        finally:
+            self.close()
 
-    async def wait(self, cmd: TrackedCommand, *, until: Iterable[str], timeout: float) -> TrackedCommand:
-        """Receive replies until ``cmd`` reaches one of ``until`` (or is done), or ``timeout`` seconds pass.
+    async def wait(
+        self, cmd: TrackedCommand, *, until: Iterable[str], timeout: float, past_no_answer: bool = False
+    ) -> TrackedCommand:
+        """Receive replies until ``cmd`` reaches one of ``until`` (or is applied or rejected), or ``timeout`` seconds
+        pass; a ``no answer`` ends the wait too, unless ``past_no_answer`` (a late ack still counts then).
 
         Use it instead of :meth:`run` (scripts, benchmarks), not beside it.
         """
         wanted = set(until)
+        final = {"applied", "rejected"} | (set() if past_no_answer else {"no answer"})
         deadline = time.monotonic() + timeout
-        while cmd.status not in wanted and not cmd.done:
+        while cmd.status not in wanted and cmd.status not in final:
             left = deadline - time.monotonic()
             if left <= 0:
                 break

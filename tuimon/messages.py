@@ -56,3 +56,11 @@ class AlertActionRequested(Message):
 
     def can_replace(self, message: Message) -> bool:
         return False
+
+
+@dataclass
+class CommandChanged(Message):
+    """A live command this viewer sent changed state: pending, queued, applied, rejected or no answer (to the app)."""
+
+    command_id: str
+    """The command's id; its state is in the run state's ``commands`` log."""

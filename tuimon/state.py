@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from tuimon_agent import protocol
 
 from .alerts import ALERT, AlertState
+from .control import ACK_KIND, COMMAND_KIND, COMMANDS_KIND, CommandLog, TrackedCommand
 from .hists import HISTOGRAMS, HistState
 from .layers import ACT_STATS, INPUT_STATS, LAYERS, MODULES, PARAM_STATS, ActState, LayerState
 from .probe import FEATURE_MAPS, ProbeState
@@ -133,6 +134,10 @@ class RunState:
         self.alerts = AlertState(on_onset=self.add_marker)
         """Active and resolved alerts (``alert`` records); onsets become :attr:`markers`."""
         # -- end alerts --
+        # -- live commands (tuimon/control.py) --
+        self.commands = CommandLog(on_applied=self._command_applied)
+        """Every live command of the run and its outcome (``command`` and ``ack`` records, and this viewer's acks)."""
+        # -- end live commands --
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         self.heartbeats = 0
@@ -230,9 +235,18 @@ class RunState:
         elif kind == ALERT:
             self._seen(rec.ts, rec.step)
             self.alerts.apply(rec.step, rec.data)
+        elif kind in (COMMAND_KIND, ACK_KIND, COMMANDS_KIND):
+            self._seen(rec.ts, rec.step)
+            self.commands.apply_record(rec)
         else:
             self.unknown += 1
         return True
+
+    def _command_applied(self, cmd: TrackedCommand) -> None:
+        """An applied command marks the chart at the step where it took effect."""
+        if isinstance(cmd.step, int):
+            self.add_marker(cmd.step, "command", cmd.label)
+        self.version += 1
 
     def apply_many(self, recs: Iterable[protocol.Record]) -> int:
         """Apply records in order (the fast path for bursts and snapshots).

@@ -37,8 +37,8 @@ class OverviewScreen(Screen[None]):
     HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"), (120, "-wide")]
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("s", "toggle_smoothing", "Smooth"),
-        Binding("l", "toggle_log", "Log y"),
+        Binding("m", "toggle_smoothing", "Smooth"),
+        Binding("y", "toggle_log", "Log y"),
         Binding("up,k", "move(-1)", "Metric ↑", show=False),
         Binding("down,j", "move(1)", "Metric ↓", show=False),
         Binding("A", "alerts", "Alerts"),
@@ -119,14 +119,14 @@ class OverviewScreen(Screen[None]):
         self._chart(metrics.selected)
 
     def _show_check_counts(self, state: RunState) -> None:
-        """The notice line's right end: ``checks ✓5 ✗1 (c)``, when the run has sent sanity checks."""
+        """The notice line's right end: ``checks ✓5 ✗1 (C)``, when the run has sent sanity checks."""
         counts = count_verdicts(state.checks.values())
         if counts == self._check_counts:
             return
         self._check_counts = counts
         self.set_class(bool(state.checks), "-checks")
         badge = self.query_one("#checks-badge", Static)
-        badge.update(f"[$text-muted]checks[/] {verdict_counts_markup(counts)} [$text-muted](c)[/]")
+        badge.update(f"[$text-muted]checks[/] {verdict_counts_markup(counts)} [$text-muted](C)[/]")
 
     def clear(self) -> None:
         """Forget the metrics shown (a new run); the next :meth:`update` fills the screen again."""
