@@ -448,6 +448,18 @@ async def test_detail_screen_shows_evidence_remedies_and_exact_actions(tmp_path:
         assert "ratio_first_last" in _text(screen.query_one("#alert-details", Static))
 
 
+async def test_a_click_on_an_alert_line_opens_it(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run.sqlite", alert_records())
+    async with make_app(FileSource(run)).run_test(size=(100, 30)) as pilot:
+        await _loaded(pilot)
+        panel = pilot.app.overview.query_one(AlertPanel)
+        await pilot.click(panel, offset=(30, 2))  # the border, then the second line: vanishing_gradients
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, AlertDetail) and screen.selected is not None
+        assert screen.selected.rule == "vanishing_gradients"
+
+
 async def test_resolved_alerts_are_in_the_history_list(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run.sqlite", alert_records())
     async with make_app(FileSource(run)).run_test(size=(100, 30)) as pilot:

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from textual.binding import Binding, BindingType
 from textual.content import Content
+from textual.events import Click
 from textual.reactive import reactive
 from textual.widget import Widget
 
@@ -230,6 +231,20 @@ class AlertPanel(Widget, can_focus=True):
 
     def render(self) -> Content:
         return Content("\n").join(self._lines)
+
+    def on_click(self, event: Click) -> None:
+        """A click on an alert's line opens it; a click on the badge opens the most severe one."""
+        alerts = self.alerts
+        offset = event.get_content_offset(self)
+        if not alerts or offset is None:
+            return
+        if self.has_class("-list"):
+            index = self._top + offset.y
+            if not 0 <= index < len(alerts):
+                return
+            self.selected_id = alerts[index].id
+            self._relayout()
+        self.action_open()
 
     def action_move(self, delta: int) -> None:
         """Select the previous (-1) or next (+1) alert."""
