@@ -274,6 +274,37 @@ def test_a_confident_classifier_with_an_output_sigmoid(tmp_path: Path) -> None:
     assert_diagnosed_and_quiet(records)
 
 
+class Rescaling(nn.Module):
+    """A CNN that takes 0-255 pixels and rescales them itself, as Atari agents do: ``x / 255`` in ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.head = nn.Linear(512, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for ``(N, 1, 8, 8)`` pixels in 0..255."""
+        return self.head(F.relu(self.conv(x / 255.0)).flatten(1))
+
+
+def test_raw_pixels_into_a_model_that_rescales_them_itself(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(9)
+    protos = torch.rand(10, 1, 8, 8, generator=g)
+
+    def batch(_: int) -> tuple[Any, Any]:
+        y = torch.randint(0, 10, (32,), generator=g)
+        return (protos[y] * 255).round(), y
+
+    model = Rescaling()
+    records, _ = train(
+        tmp_path, model, torch.optim.Adam(model.parameters(), 1e-3), batch, F.cross_entropy, steps=60
+    )
+    alerts = [r.data for r in records if r.kind == protocol.ALERT and r.data["rule"] == "unnormalized_input"]
+    assert alerts and alerts[0]["severity"] == "info" and alerts[0]["evidence"]["absorbed_by"] == "conv"
+    assert_diagnosed_and_quiet(records)
+
+
 def test_the_same_pipeline_speaks_on_raw_pixels(tmp_path: Path) -> None:
     """The control: the same loop with 0-255 inputs raises unnormalized_input at the first sample, so the quiet
     runs above are quiet because they are healthy, not because nothing was diagnosed."""

@@ -136,7 +136,12 @@ class Stream:
         )
 
     def acts(
-        self, step: int, dead: float = 0.0, saturated: float = 0.0, nonfinite: Sequence[int] = ()
+        self,
+        step: int,
+        dead: float = 0.0,
+        saturated: float = 0.0,
+        nonfinite: Sequence[int] = (),
+        first_std: float = 1.0,
     ) -> None:
         nan = np.float32(np.nan)
         dead_a = np.array([dead if t == "ReLU" else nan for _, t in MODULES], dtype=np.float32)
@@ -152,7 +157,7 @@ class Stream:
                 0.0,
                 {
                     "mean": np.zeros(M, dtype=np.float32),
-                    "std": np.ones(M, dtype=np.float32),
+                    "std": np.array([first_std] + [1.0] * (M - 1), dtype=np.float32),
                     "dead": dead_a,
                     "saturated": sat_a,
                     "nonfinite": flags,
@@ -636,6 +641,19 @@ def test_unnormalized_input_stays_quiet_on_normalized_inputs(
     mean: list[float], std: list[float], lo: list[float], hi: list[float]
 ) -> None:
     assert assess({"mean": mean, "std": std, "min": lo, "max": hi}) == {}
+
+
+@pytest.mark.parametrize(("first_std", "severity"), [(70.0, "critical"), (0.6, "info")])
+def test_unnormalized_input_is_info_when_the_first_layer_brings_it_back_to_scale(
+    first_std: float, severity: str
+) -> None:
+    """Raw pixels into a model that divides by 255 in its forward: its first conv's output has a normal scale."""
+    s = Stream([UnnormalizedInput()])
+    s.acts(1, first_std=first_std)  # the agent sends a forward's act_stats just before its input_stats
+    s.inputs(1, [75.0], [95.0], [0.0], [255.0])
+    alert = s.diag.alerts["unnormalized_input:global"]
+    assert alert["severity"] == severity
+    assert ("absorbed_by" in alert["evidence"]) == (severity == "info")
 
 
 def test_moderately_scaled_input_is_only_info() -> None:

@@ -15,7 +15,10 @@ Exemptions
     Token ids are not features: when the model's first parameter belongs to an ``Embedding`` (or the model has an
     embedding and the input holds non-negative integers only), the rule stays silent.
 Severity and hysteresis
-    ``critical`` when the median channel's ``rms >= 100``, ``info`` when only moderate, else ``warning``. On at the first sample (the input's
+    ``critical`` when the median channel's ``rms >= 100``, ``info`` when only moderate, else ``warning``; also
+    ``info`` when the model's first module is affine (Linear, Conv) or a norm layer and its output, in the same
+    forward, has an RMS within :data:`ABSORBED` (healthy first layers measured: 0.09–0.6; fed 0–255 pixels: 70 and
+    more): the model rescales its input itself (``x / 255`` inside ``forward``, an input BatchNorm). On at the first sample (the input's
     scale is a property of the data pipeline, and every later symptom — huge first gradients, dead units — follows
     within a step or two); off after 3 consecutive normalized samples. ``dead_units``, ``saturation`` and
     ``exploding_gradients`` are subordinate to it.
@@ -30,7 +33,7 @@ import numpy as np
 from .. import protocol
 from ..protocol import Record
 from .base import CRITICAL, INFO, WARNING, Context, Finding, Hysteresis, Rule
-from .layer_common import WeightIndex, array, fnum
+from .layer_common import NORM_TYPES, WeightIndex, array, fnum
 
 LARGE = 10.0
 """Median channel RMS at or above which the input is too large."""
@@ -42,6 +45,10 @@ CRITICAL_RMS = 100.0
 """Median channel RMS at or above which the alert is critical."""
 TINY = 1e-3
 """Largest channel RMS at or below which the input is too small."""
+SCALE_FOLLOWING = frozenset({"Linear", "Conv1d", "Conv2d", "Conv3d"}) | NORM_TYPES
+"""First-module types whose output scale follows their input's (affine maps and norm layers; not RNNs, bounded)."""
+ABSORBED = (1e-2, 3.0)
+"""Output RMS range of that first module within which the model is taken to rescale its input itself."""
 SPREAD = 1000.0
 """Largest over median channel RMS at or above which the channels are on different scales."""
 
@@ -106,17 +113,35 @@ class UnnormalizedInput(Rule):
     """The model's input statistics are far from normalized (huge, tiny, or channels on different scales)."""
 
     name = "unnormalized_input"
-    kinds = frozenset({protocol.INPUT_STATS})
+    kinds = frozenset({protocol.INPUT_STATS, protocol.ACT_STATS})
 
     def __init__(self) -> None:
         self.index = WeightIndex()
         self.state = Hysteresis(1.0, 0.0, min_on=1, min_off=3)
         self.evidence: dict[str, float | int | str] = {}
+        self.first: tuple[int, str, float] | None = (
+            None  # (step, module, output RMS) of the first affine module
+        )
+
+    def _first_layer(self, record: Record, ctx: Context) -> None:
+        """Remember the output scale of the model's first module when it is affine or a norm layer."""
+        if not ctx.modules or ctx.modules[0].get("type") not in SCALE_FOLLOWING:
+            self.first = None
+            return
+        mean, std = array(record.data, "mean", len(ctx.modules)), array(record.data, "std", len(ctx.modules))
+        if mean is None or std is None or record.step is None:
+            return
+        rms = math.sqrt(mean[0] ** 2 + std[0] ** 2)
+        if math.isfinite(rms):
+            self.first = (record.step, str(ctx.modules[0].get("name")), rms)
 
     def feed(self, record: Record, ctx: Context) -> list[Finding] | None:
-        """Read one ``input_stats`` record."""
+        """Read one ``act_stats`` or ``input_stats`` record."""
         step = record.step
         if step is None:
+            return None
+        if record.kind == protocol.ACT_STATS:  # the same forward's act_stats come just before its input_stats
+            self._first_layer(record, ctx)
             return None
         self.index.update(ctx)
         if self.index.first_is_embedding or (self.index.has_embedding and _integral(record.data)):
@@ -150,6 +175,15 @@ class UnnormalizedInput(Rule):
         severity = CRITICAL if problem == "large" and rms >= CRITICAL_RMS else WARNING
         if problem == "moderate":
             severity = INFO
+        ev = dict(ev)
+        first = self.first
+        if first is not None and first[0] == step and ABSORBED[0] <= first[2] <= ABSORBED[1]:
+            # The model's first layer already brings the input back to scale (it normalizes inside forward, or
+            # starts with a norm layer): worth knowing, not a warning.
+            severity = INFO
+            ev["absorbed_by"] = first[1]
+            ev["first_layer_rms"] = first[2]
+            what += f"; {first[1]} brings it back to scale (RMS {fnum(first[2])}), so the model may rescale it itself"
         return [
             self.active(
                 "global",
@@ -158,7 +192,7 @@ class UnnormalizedInput(Rule):
                 first_step=onset,
                 layers=[],
                 confidence=min(1.0, 0.6 + 0.1 * abs(math.log10(max(rms, 1e-12)))),
-                evidence=dict(ev),
+                evidence=ev,
                 message=f"{where} is not normalized since step {onset}: {what} (expected mean ≈ 0, std ≈ 1).",
                 remedies=[
                     "Standardize the inputs: subtract the training set's per-channel mean and divide by its std "
