@@ -268,6 +268,38 @@ def test_nonfinite_names_the_first_step_and_the_first_flagged_layer_in_model_ord
     assert len(s.of("nonfinite")) <= 3  # one record, then throttled updates: no flood
 
 
+def test_nonfinite_waits_for_the_step_to_complete_and_names_the_loss_as_the_origin() -> None:
+    """As the agent sends them: a step's sampled NaN gradients, then its NaN loss, then the provenance event."""
+    s = Stream([NonFinite()])
+    for step in range(1, 50):
+        s.metrics(step, 1.0)
+        s.params_stats(step, 1e-3)
+    s.params_stats(50, 1e-3, nonfinite=list(range(P)))
+    assert s.of("nonfinite") == []
+    s.metrics(50, math.nan)
+    s.feed(
+        Record(
+            protocol.EVENT,
+            0,
+            50,
+            0.0,
+            {
+                "what": "nonfinite",
+                "first_step": 50,
+                "of": "loss",
+                "layer": None,
+                "param": None,
+                "exact": True,
+                "message": "first non-finite loss at step 50; every gradient of step 50 followed",
+            },
+        )
+    )
+    (first,) = s.of("nonfinite")
+    assert first["first_step"] == 50 and first["layers"] == [] and first["metric"] == "loss"
+    assert "first in the loss" in first["message"]
+    assert first["evidence"]["provenance"].startswith("first non-finite loss")
+
+
 def test_nonfinite_prefers_the_agents_provenance_event() -> None:
     s = Stream([NonFinite()])
     for step in range(1, 10):
@@ -302,7 +334,9 @@ def test_nonfinite_stays_quiet_on_finite_streams_and_resolves_once_clean_again()
         s.acts(step)
     assert s.of("nonfinite") == []
     s.metrics(200, math.inf)
-    assert s.of("nonfinite")[-1]["state"] == "active"
+    assert s.of("nonfinite") == []  # said once the step is complete, with what the agent's provenance adds
+    s.metrics(201, math.inf)
+    assert s.of("nonfinite")[-1]["state"] == "active" and s.of("nonfinite")[-1]["first_step"] == 200
     for step in range(201, 260):  # the user restored a checkpoint: everything finite again
         s.metrics(step, 0.5)
         s.params_stats(step, healthy_rms(rng))

@@ -6,7 +6,10 @@ Statistic
     ``nonfinite`` flags of an ``act_stats`` record; or an ``event`` with ``what = "nonfinite"`` (the agent's
     provenance: ``first_step``/``step`` and ``layer``/``module``/``param`` when present).
 Onset and place
-    ``first_step`` is the earliest step any source reports. The layer is the provenance event's when there is one;
+    ``first_step`` is the earliest step any source reports. The first report waits for that step to complete (the
+    sampled gradients of a step arrive before its loss and the agent's provenance event), so that it names the
+    origin, not the first symptom. The origin and layer are the provenance event's when there is one (no layer:
+    the loss itself went non-finite, and the gradients followed);
     otherwise the first parameter in model order flagged at the earliest ``param_stats`` that showed one, else the
     first module flagged in ``act_stats``; when only the loss is non-finite, ``metric`` names the loss and
     ``layers`` is empty.
@@ -57,6 +60,9 @@ class NonFinite(Rule):
         self.layer: str | None = None
         self.layer_step: int | None = None
         self.layer_exact = False
+        self.origin: str | None = None  # the provenance event's ``of``
+        self.reported = False
+        self.provenance: str | None = None  # the provenance event's message
         self.sources: dict[str, int] = {}  # source -> first step
         self.bad_params = 0
         self.bad_modules = 0
@@ -80,8 +86,10 @@ class NonFinite(Rule):
         self.sources.setdefault(source, step)
         if self.first_step is None or step < self.first_step:
             self.first_step = step
-        if exact and layer is not None:  # the agent's provenance names the layer better than any sample
-            self.layer, self.layer_step, self.layer_exact = layer, step, True
+        if (
+            exact
+        ):  # the agent's provenance names the origin better than any sample (no layer: the loss did it)
+            self.layer, self.layer_step, self.layer_exact, self.origin = layer, step, True, source
         elif (
             layer is not None
             and not self.layer_exact
@@ -109,6 +117,8 @@ class NonFinite(Rule):
                 (d[k] for k in ("layer", "module", "param") if isinstance(d.get(k), str) and d[k]), None
             )
             of = d.get("of")
+            if isinstance(d.get("message"), str):
+                self.provenance = d["message"]
             self._evidence(str(of) if isinstance(of, str) else "event", first, layer, first, exact=True)
             return self._report(ctx, first if step is None else max(step, first))
         if step is None:
@@ -166,6 +176,10 @@ class NonFinite(Rule):
                 self.clean_acts += 1
         if not self.on:
             return None
+        if not self.reported and not self.layer_exact and step <= (self.first_step or step):
+            # The sampled gradients of a step reach us before its loss and the agent's provenance event: wait for
+            # the step to complete so that the first report names the origin rather than the first symptom.
+            return None
         if (
             (not self.seen["loss"] or self.clean_losses >= CLEAN_LOSSES)
             and (not self.seen["params"] or self.clean_params >= CLEAN_SAMPLES)
@@ -177,14 +191,17 @@ class NonFinite(Rule):
 
     def _reset(self) -> None:
         self.on = False
-        self.first_step = self.layer = self.layer_step = self.loss_value = None
-        self.layer_exact = False
+        self.first_step = self.layer = self.layer_step = self.loss_value = self.origin = self.provenance = (
+            None
+        )
+        self.layer_exact = self.reported = False
         self.sources = {}
         self.bad_params = self.bad_modules = 0
 
     def _report(self, ctx: Context, step: int) -> list[Finding]:
+        self.reported = True
         first = self.first_step if self.first_step is not None else step
-        what = sorted(self.sources, key=lambda s: self.sources[s])
+        what = sorted(self.sources, key=lambda s: (s != self.origin, self.sources[s]))
         where = f" in {self.layer}" if self.layer else ""
         msg = f"non-finite values (NaN/Inf) since step {first}{where}: first in the {what[0]}"
         if len(what) > 1:
@@ -198,6 +215,8 @@ class NonFinite(Rule):
             evidence["bad_modules"] = self.bad_modules
         if self.loss_value is not None:
             evidence["loss"] = str(self.loss_value)
+        if self.provenance:
+            evidence["provenance"] = self.provenance
         actions = []
         if ctx.lr is not None and ctx.lr > 0:
             actions.append(set_lr(ctx.lr / 10, f"a tenth of {fnum(ctx.lr)}"))
