@@ -57,9 +57,10 @@ every 50th step keeps the average under 1 % even there."""
 DEFAULT_HIST_EVERY = 500
 """Optimizer steps between two weight and gradient histogram passes (``watch(..., hist_every=N)``). Measured on one
 CPU thread (``tests/benchmarks/bench_instruments.py``): one pass over the 200-tensor, 10 M-parameter MLP (every
-weight and gradient read about fifteen times) costs 140-230 ms against a 150-160 ms training step, so every 500th
-step averages 0.2-0.3 % of a step there (0.01 % on the demo CNN); 5-7× cheaper than
-``SummaryWriter.add_histogram`` for the same tensors. Not yet measured on a GPU."""
+weight and gradient read about ten times) costs about 125-160 ms of CPU against a 150-180 ms training step, so
+every 500th step averages about 0.2 % of a step there (0.01 % on the demo CNN); 8-10× cheaper than
+``SummaryWriter.add_histogram`` for the same tensors in CPU time, 15× wall-clock (a loaded shared machine). Not yet
+measured on a GPU."""
 DEFAULT_HIST_BINS = 32
 """Bins per histogram (``watch(..., hist_bins=N)``)."""
 DEFAULT_PROBE_EVERY = 500
