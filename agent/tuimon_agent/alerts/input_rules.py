@@ -149,7 +149,9 @@ class UnnormalizedInput(Rule):
         ev = assess(record.data)
         if ev is None:
             return None
-        if ev:
+        if ev and (not self.state.on or ev.get("problem") != self.evidence.get("problem")):
+            # The episode keeps the numbers of the batch that showed it: the next batches' near-zero channel
+            # means would otherwise "move by a decade" and re-send the alert at every sample.
             self.evidence = ev
         changed = self.state.update(1.0 if ev else 0.0, step)
         if not self.state.on:
