@@ -266,7 +266,8 @@ def test_close_removes_every_hook(tmp_path: Path) -> None:
     model = Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     mon = tuimon_agent.watch(model, opt, dir=tmp_path, publish=False, stats_every=1)
-    assert len(opt._optimizer_step_pre_hooks) == 1 and len(opt._optimizer_step_post_hooks) == 2
+    # pre: ParamStats and the live-commands controller; post: the monitor's and ParamStats'
+    assert len(opt._optimizer_step_pre_hooks) == 2 and len(opt._optimizer_step_post_hooks) == 2
     _train(model, opt, 2, mon)
     mon.close()
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
