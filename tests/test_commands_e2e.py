@@ -92,6 +92,7 @@ def test_every_command_end_to_end(tmp_path: Path) -> None:
 
         pause = apply("pause")
         assert pause["old"] is False and pause["new"] is True
+        lines.wait_step(pause["step"] - 1)  # the reader thread may lag behind the pipe
         held = lines.last_step()
         assert held == pause["step"] - 1  # waiting inside that step's optimizer.step()
         time.sleep(1.0)  # 100 steps' worth at this pace
