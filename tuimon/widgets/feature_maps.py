@@ -158,6 +158,8 @@ class FeatureMaps(CachedComponentStyles, ScrollView, can_focus=True):
         """The first line of each layer's block, in the order of :attr:`ProbeState.layers`."""
         self.map_size: list[tuple[int, int, int]] = []
         """Per layer: the drawn map height in pixels, width in columns and maps per row."""
+        self._cells: dict[tuple[str, str | None], Segment] = {}
+        self._cells_base: Style | None = None
 
     # -- data in ------------------------------------------------------------------------------------------------
 
@@ -251,10 +253,13 @@ class FeatureMaps(CachedComponentStyles, ScrollView, can_focus=True):
             k = 1
         th, tw, per_row = layout(k, h, w, width, max_lines)
         self.map_size.append((th, tw, per_row))
-        pixels = resample(ms.maps, th, tw)
+        colors = self._colors(ms, resample(ms.maps, th, tw)).tolist()  # [k][th][tw] colour strings
         base = self.rich_style
         label = self.component_style("feature-maps--label")
         bad = self.component_style("feature-maps--nonfinite")
+        if base != self._cells_base or len(self._cells) > 20_000:  # one half-block segment per colour pair
+            self._cells, self._cells_base = {}, base
+        cells = self._cells
         for first in range(0, k, per_row):
             idx = list(range(first, min(k, first + per_row)))
             for y in range(0, th, 2):
@@ -262,11 +267,14 @@ class FeatureMaps(CachedComponentStyles, ScrollView, can_focus=True):
                 for n, c in enumerate(idx):
                     if n:
                         segs.append(Segment(" " * GAP, base))
-                    for x in range(tw):
-                        upper = self._color(ms, pixels, c, y, x)
-                        lower = self._color(ms, pixels, c, y + 1, x) if y + 1 < th else None
-                        segs.append(_cell(upper, lower, base))
-                self._lines.append(Strip(segs).simplify())
+                    upper = colors[c][y]
+                    lower = colors[c][y + 1] if y + 1 < th else [None] * tw
+                    for pair in zip(upper, lower, strict=True):
+                        seg = cells.get(pair)
+                        if seg is None:
+                            seg = cells[pair] = Segment("▀", base + Style(color=pair[0], bgcolor=pair[1]))
+                        segs.append(seg)
+                self._lines.append(Strip(segs))
             if show_labels:
                 segs = []
                 for n, c in enumerate(idx):
@@ -279,15 +287,20 @@ class FeatureMaps(CachedComponentStyles, ScrollView, can_focus=True):
                     segs.append(Segment(text, bad if ms.nonfinite[c] else label))
                 self._lines.append(Strip(segs))
 
-    def _color(self, ms: MapSet, pixels: np.ndarray, c: int, y: int, x: int) -> str:
+    def _colors(self, ms: MapSet, pixels: np.ndarray) -> np.ndarray:
+        """Each pixel's colour as a ``#rrggbb`` string (``object[k, h, w]``; one map for an RGB image)."""
         if ms.rgb:
-            r, g, b = (int(round(pixels[i, y, x])) for i in range(3))
             step = 256 // LEVELS
-            return _hex((r // step * step, g // step * step, b // step * step))
-        level = min(LEVELS - 1, int(pixels[c, y, x] * LEVELS / 256))
+            q = (np.clip(np.rint(pixels), 0, 255).astype(np.int64) // step) * step
+            packed = (q[0] << 16) | (q[1] << 8) | q[2]
+            codes, inverse = np.unique(packed, return_inverse=True)
+            names = np.array([f"#{int(v):06x}" for v in codes], dtype=object)
+            return names[inverse.reshape(packed.shape)][None]
+        level = np.minimum(LEVELS - 1, (pixels * LEVELS / 256).astype(np.int64))
         if self.colormap == "viridis":
-            return PALETTE[min(len(PALETTE) - 1, level * len(PALETTE) // LEVELS)]
-        return _GREY[level]
+            palette = np.array(PALETTE, dtype=object)
+            return palette[np.minimum(len(PALETTE) - 1, level * len(PALETTE) // LEVELS)]
+        return np.array(_GREY, dtype=object)[level]
 
     # -- paint --------------------------------------------------------------------------------------------------
 
@@ -300,18 +313,3 @@ class FeatureMaps(CachedComponentStyles, ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         strip = self._lines[i] if 0 <= i < len(self._lines) else Strip([])
         return strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
-
-
-_CELLS: dict[tuple[str, str | None, Style], Segment] = {}
-
-
-def _cell(upper: str, lower: str | None, base: Style) -> Segment:
-    """One half-block cell (cached: a screen repeats a few thousand colour pairs at most)."""
-    key = (upper, lower, base)
-    seg = _CELLS.get(key)
-    if seg is None:
-        if len(_CELLS) > 20_000:
-            _CELLS.clear()
-        seg = Segment("▀", base + Style(color=upper, bgcolor=lower))
-        _CELLS[key] = seg
-    return seg
