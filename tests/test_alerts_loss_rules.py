@@ -209,7 +209,7 @@ def test_overfitting_fires_when_val_rises_while_train_falls_and_names_the_best_s
 def test_underfitting_fires_when_train_and_val_converge_high_and_not_when_val_is_missing() -> None:
     rng = np.random.default_rng(6)
     t = np.arange(2000.0)
-    train = noisy(1.7 + 0.6 * np.exp(-t / 150), rng, 0.2)  # converges at 74% of the initial loss
+    train = noisy(1.7 + 0.6 * np.exp(-t / 150), rng, 0.1)  # converges at 74% of the initial loss
     top, _ = diagnose(train, evals=evals_for(train, rng, gap=0.02))
     sev, first, at = top["underfitting"]
     assert sev == "warning" and at <= 1200

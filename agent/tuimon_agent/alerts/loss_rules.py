@@ -395,15 +395,18 @@ class Overfitting(_EvalRule):
 class Underfitting(_EvalRule):
     """``underfitting``: both the training and the eval loss stay high and flat.
 
-    Evaluated at each eval record after a burn-in of 30 blocks (300 values) and 3 evals. Bad when the training
-    loss has improved by less than 40% of ``|start|`` (``level`` = median of the last 5 blocks), is flat
-    (over the last fifth of the run, at least 20 blocks, it improved by less than 3% of ``|start|`` and less
-    than 10% of its whole improvement, half what a steady linear decrease gives: it has converged, not merely
-    slowed), the
-    learning rate is not rising, the last 3 evals are flat too (range below 5% of the scale) and high (eval loss
-    above 60% of ``|start|``), and there is no large generalisation gap (``val - train < 10%`` of the scale:
-    that would be overfitting). On after 2 bad evals, off after 2 good ones. Warning (info without eval records:
-    a flat training loss alone cannot tell capacity from a hard task).
+    Evaluated at each eval record after a burn-in of 30 blocks (300 values) and 6 evals. With ``level`` the median
+    of the last 10 blocks (100 values), ``noise`` the minibatch noise of the difference of two such levels
+    (1.25 · within-block MAD · √2 / 10) and ``enoise`` one eval's noise (MAD of successive eval differences / √2),
+    bad when: the training loss has improved by less than 40% of ``|start|``; it has converged rather than slowed
+    (over the last fifth of the run, at least 20 blocks, it improved by less than 3% of ``|start|`` and less than
+    10% of its whole improvement, where a steady linear decrease gives 20%, both after adding ``noise``: noise
+    can only keep the rule quiet); the learning rate is not rising; the eval loss is flat too (the medians of the
+    last 3 evals and of the 3 before differ by less than 5% of ``|start|`` after adding ``enoise``) and high
+    (above 60% of ``|start|``); and there is no
+    large generalisation gap (``val - train < 10%`` of ``|start|`` plus ``2·enoise``: that would be overfitting).
+    On after 4 bad evals in a row (a slow phase of a learning run is not underfitting), off after 2 good ones.
+    Warning.
     """
 
     name = "underfitting"
@@ -413,7 +416,7 @@ class Underfitting(_EvalRule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.state = Hysteresis(1.0, 0.5, min_on=2, min_off=2)
+        self.state = Hysteresis(1.0, 0.5, min_on=4, min_off=2)
 
     def feed(self, record: Record, ctx: Context) -> list[Finding] | None:
         if record.kind == protocol.METRICS:
@@ -425,18 +428,21 @@ class Underfitting(_EvalRule):
         c = self.curve
         step = record.step
         assert step is not None
-        ok = c.blocks_total >= self.BURN_IN and c.blocks >= 20 and len(self.evals) >= 3
+        ok = c.blocks_total >= self.BURN_IN and c.blocks >= 30 and len(self.evals) >= 6
         if not ok:
             return None
         scale = _scale(c.start)
-        level = c.level(5)
+        level = c.level(10)
+        noise = 1.25 * c.spread() * math.sqrt(2) / 10 / scale
         improvement = (c.start - level) / scale
-        w = min(max(c.blocks_total // 5, 20), c.blocks - 5)
-        recent_drop = (c.level(5, skip=w) - level) / scale  # improvement over the last fifth of the run
-        flat = abs(recent_drop) < 0.03 and (recent_drop < 0.1 * improvement or improvement < 0.05)
-        vals = np.array([e[1] for e in list(self.evals)[-3:]])
-        val_now = median(vals)
-        val_flat = float(vals.max() - vals.min()) / scale < 0.05
+        w = min(max(c.blocks_total // 5, 20), c.blocks - 10)
+        recent_drop = (c.level(10, skip=w) - level) / scale  # improvement over the last fifth of the run
+        # Noise can only keep the rule quiet: flat means flat even allowing for the noise.
+        flat = abs(recent_drop) + noise < 0.03 and recent_drop + noise < 0.1 * improvement
+        evals = [e[1] for e in self.evals]
+        enoise = mad(np.diff(evals[-16:]).tolist()) / math.sqrt(2) / scale
+        val_now = median(evals[-3:])
+        val_flat = abs(median(evals[-6:-3]) - val_now) / scale + enoise < 0.05
         gap = (val_now - level) / scale
         bad = (
             improvement < 0.4
@@ -444,7 +450,7 @@ class Underfitting(_EvalRule):
             and not c.lr_rising()
             and val_flat
             and val_now > 0.6 * c.start
-            and gap < 0.1
+            and gap < 0.1 + 2 * enoise
         )
         changed = self.state.update(1.0 if bad else 0.0, step)
         if not self.state.on:
