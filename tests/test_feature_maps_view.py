@@ -105,14 +105,15 @@ def test_probe_state_keeps_the_latest_sample_and_drops_what_does_not_fit() -> No
         _layer("dtype", maps=np.zeros((2, 4, 6), np.float32)),
         _layer("ndim", maps=np.zeros((4, 6), np.uint8)),
         _layer("min", min=np.zeros(3, np.float32)),
+        _layer("many", k=257, h=1, w=1),  # more maps than any agent sends
         {"name": 3},
         "not a layer",
         _layer("good"),
     ]
     assert p.apply(20, {"layers": bad, "input": {"maps": "no"}})
     assert [m.name for m in p.layers] == ["good"] and p.image is None
-    assert p.malformed == 5
-    assert not p.apply(30, {"layers": "nope"}) and p.malformed == 6 and p.step == 20
+    assert p.malformed == 6
+    assert not p.apply(30, {"layers": "nope"}) and p.malformed == 7 and p.step == 20
     v = p.version
     p.note_off("boom")
     assert p.off == "boom" and p.version > v

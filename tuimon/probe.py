@@ -21,6 +21,8 @@ MAX_LAYERS = 64
 """Layers of one record kept at most (the agent sends 16 at most)."""
 MAX_PIXELS = 1 << 22
 """Pixels of one layer accepted at most (a hostile record cannot make the widget draw without bound)."""
+MAX_CHANNELS = 256
+"""Maps of one layer accepted at most (the agent sends 64 at most)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class MapSet:
         maps = d.get("maps")
         if not isinstance(maps, np.ndarray) or maps.dtype != np.uint8 or maps.ndim != 3 or not maps.size:
             return None
-        if maps.size > MAX_PIXELS:
+        if maps.size > MAX_PIXELS or maps.shape[0] > MAX_CHANNELS:
             return None
         k = maps.shape[0]
         try:
