@@ -403,3 +403,36 @@ def test_feature_maps_records_round_trip_through_the_protocol(tmp_path: Path) ->
     assert layer["min"].tolist() == [0.0, -1.0] and layer["max"].tolist() == [1.0, 2.0]
     assert layer["nonfinite"].tolist() == [0, 1] and layer["channels"] == [0, 5]
     assert rec.data["input"] is None and rec.data["every"] == 7
+
+
+def test_a_compiled_model_is_probed_eagerly_without_recompiling(tmp_path: Path) -> None:
+    """Under ``torch.compile`` the probe runs the user's module eagerly; its temporary hooks and eval mode never
+    make the compiled training forward recompile (dynamo's ``error_on_recompile`` would raise)."""
+    import torch._dynamo as dynamo
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    compiled = torch.compile(model, backend="eager")  # dynamo only: no C compiler needed
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = tuimon_agent.watch(
+        compiled, opt, dir=tmp_path, publish=False, probe=torch.randn(1, 8, 8), probe_every=1
+    )
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
+    try:
+        for step in range(4):
+            loss = nn.functional.cross_entropy(compiled(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss)
+            if step == 0:
+                dynamo.config.error_on_recompile = True
+    finally:
+        dynamo.config.error_on_recompile = False
+        mon.close()
+        dynamo.reset()
+    recs = _records(mon, protocol.FEATURE_MAPS)
+    assert [r.step for r in recs] == [1, 2, 3, 4]
+    assert [layer["name"] for layer in recs[0].data["layers"]] == [
+        "1"
+    ]  # names of the user's module, unwrapped
