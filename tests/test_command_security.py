@@ -217,3 +217,16 @@ def test_garbage_bodies_get_an_error_and_training_goes_on(run: Run, client: Comm
     before = run.groups()
     run.train(2)
     assert run.groups() == before and run.mon.enabled
+
+
+def test_a_command_the_run_never_reaches_is_rejected_at_close(run: Run, client: CommandClient) -> None:
+    """Queued, then the loop ends before another optimizer step: the sender still gets an answer."""
+    cmd = client.send("set_lr", {"value": 0.5})
+    client.wait(cmd["id"], "queued")
+    lr = run.opt.param_groups[0]["lr"]
+    run.mon.close()
+    ack = client.wait(cmd["id"], "rejected")
+    assert ack["reason"] == "the run ended before the next optimizer step"
+    assert run.opt.param_groups[0]["lr"] == lr
+    kinds = [(r.kind, r.data.get("status")) for r in run.records()]
+    assert kinds.index((protocol.ACK, "rejected")) < kinds.index((protocol.END, None))

@@ -206,6 +206,25 @@ class Controller:
             return out
         return self.sync.exchange(None)
 
+    def abandon(self, reason: str) -> None:
+        """Reject every command taken but not applied (rank 0; called when the run closes)."""
+        items = self._take()
+        if self.sync is not None:
+            items = self.sync.take_announced() + items
+        if self.rank != 0:
+            return
+        for cmd_id, name, _args, to in items:
+            self.done.append(
+                {
+                    "id": cmd_id,
+                    "name": name,
+                    "status": "rejected",
+                    "step": self.step_of() - 1,
+                    "reason": reason,
+                    "_to": to,
+                }
+            )
+
     def _apply_all(self, batch: list[tuple[str, str, dict[str, Any], Any]]) -> None:
         checkpoint = False
         for cmd_id, name, args, to in batch:

@@ -45,6 +45,11 @@ class ControlMixin:
             hello["commands"] = []
         return True
 
+    def _abandon_commands(self) -> None:
+        """At close: commands still queued (or announced to the other ranks) will never be applied; reject them."""
+        if self._control is not None:
+            self._control.abandon("the run ended before the next optimizer step")
+
     def _end_payload(self, reason: str) -> dict[str, Any]:
         """The ``end`` record's payload: a ``stop`` command turns ``"closed"`` into ``"stopped"`` with its reason."""
         c = self._control

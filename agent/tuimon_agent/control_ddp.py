@@ -79,6 +79,11 @@ class DistSync:
         self._announced: list[Any] = []
         self._payload = b""
 
+    def take_announced(self) -> list[Any]:
+        """The batch announced at the last boundary and not applied yet (emptied)."""
+        out, self._announced, self._payload = self._announced, [], b""
+        return out
+
     @property
     def announced(self) -> bool:
         """Whether rank 0 announced a batch that the next exchange applies."""

@@ -398,6 +398,7 @@ class Monitor(ControlMixin):
         self._hooks.clear()
         if self._thread is None or os.getpid() != self._pid:
             return
+        self._abandon_commands()  # before the end record: their rejections are recorded ahead of it
         self._queue.append((_END, self._step, _time(), self._end_payload(reason)))
         self._thread.stop(timeout)
 

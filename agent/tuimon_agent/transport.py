@@ -357,6 +357,8 @@ class AgentThread(threading.Thread):
                 self._emit(protocol.EVENT, step, ts, payload)
             elif tag == _END:
                 self._flush_opt()
+                if self._gate is not None:
+                    self._gate.poll()  # acks for commands the run ended before applying
                 self._nonfinite(step, ts, self.provenance.flush())
                 dropped, steps = self._counters()
                 self._emit(
