@@ -376,17 +376,22 @@ def test_rgb_probe_image_keeps_its_colours() -> None:
     assert (inp["maps"][0] == 255).all() and (inp["maps"][1:] == 0).all()  # one range for the three channels
 
 
-def test_a_float64_model_gets_its_probe_in_float64() -> None:
-    """The probe is converted once, at watch(), to the model's device and floating dtype."""
-    model = make_cnn().double()
+def test_the_probe_follows_the_models_floating_dtype() -> None:
+    """The probe is converted at watch() to the model's device and floating dtype, and again if the model is cast
+    later (here to float64 after watch())."""
+    model = make_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    mon = tuimon_agent.watch(model, opt, publish=False, probe=torch.randn(1, 40, 40))
+    mon = tuimon_agent.watch(model, opt, publish=False, probe=torch.randn(1, 40, 40), probe_every=1)
     try:
-        model(torch.randn(2, 1, 40, 40, dtype=torch.float64)).sum().backward()
-        opt.step()
+        for dtype in (torch.float32, torch.float64):
+            model.to(dtype)
+            model(torch.randn(2, 1, 40, 40, dtype=dtype)).sum().backward()
+            opt.step()
+            mon.log(loss=0.0)
     finally:
         mon.close()
-    assert len(_records(mon, protocol.FEATURE_MAPS)) == 1
+    assert [r.step for r in _records(mon, protocol.FEATURE_MAPS)] == [1, 2]
+    assert not [r for r in _records(mon, protocol.EVENT) if r.data["what"] == "probe_off"]
 
 
 def test_feature_maps_records_round_trip_through_the_protocol(tmp_path: Path) -> None:

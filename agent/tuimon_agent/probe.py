@@ -341,6 +341,8 @@ class ProbeMaps:
         p = next(iter(model.parameters()), None)
         if p is not None and p.device != probe.device:  # the model moved after watch()
             probe = self.probe = probe.to(p.device)
+        if p is not None and p.is_floating_point() and probe.is_floating_point() and p.dtype != probe.dtype:
+            probe = self.probe = probe.to(p.dtype)  # the model was cast (.half(), .double()) after watch()
         captured: list[Any] = [None] * len(self._modules)
 
         def capture(i: int) -> Any:
