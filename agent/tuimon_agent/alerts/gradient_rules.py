@@ -227,8 +227,8 @@ class VanishingGradients(Rule):
     def __init__(self) -> None:
         self.index = WeightIndex()
         self.d = Window(5)
-        self.early = Window(5)  # log10 RMS of the early and the late layers, smoothed for the evidence
-        self.late = Window(5)
+        self.early = Window(20)  # log10 RMS of the early and the late layers, smoothed for the evidence
+        self.late = Window(20)
         self.loss = LossTrend()
         self.since: int | None = None  # first sample of the current stretch with d <= -3 (the onset)
         self.modules = _ModuleColumns()
@@ -292,8 +292,9 @@ class VanishingGradients(Rule):
                     "decades": round(d, 1),
                     "early_rms": 10 ** self.early.median(),
                     "late_rms": 10 ** self.late.median(),
-                    "loss": self.loss.recent,
-                    "loss_start": self.loss.early,
+                    "loss_vs_start": round(self.loss.recent / self.loss.early, 2)
+                    if self.loss.known and self.loss.early
+                    else "unknown",
                 },
                 message=(
                     f"gradients vanish in the early layers since step {onset}: {where} get "
