@@ -173,9 +173,9 @@ class TuimonApp(LiveCommandsMixin, App[None]):
         except NoMatches:  # the app is exiting: the timer fired while the screens were being torn down
             return
         for screen in self.screen_stack:  # the checks and layers screens, also while the help covers them
-            if isinstance(screen, (ChecksScreen, LayersScreen, AlertDetail, CommandHistoryScreen)):
-                if screen.is_mounted:  # pushed but not composed yet: its on_mount shows the state
-                    screen.update(self.state)
+            # A screen pushed but not composed yet is skipped: its on_mount shows the state.
+            if isinstance(screen, (ChecksScreen, LayersScreen, AlertDetail, CommandHistoryScreen)) and screen.is_mounted:
+                screen.update(self.state)
 
     def action_help(self) -> None:
         """Show the help screen (or close it)."""

@@ -132,7 +132,9 @@ def main() -> None:
     import tempfile
 
     rows = [("digits CNN (demo)", _demo), ("wide CNN 3×64×64", _wide)]
-    print(f"probe cost, one CPU thread, median of {args.rounds} rounds (default probe_every={DEFAULT_PROBE_EVERY})")
+    print(
+        f"probe cost, one CPU thread, median of {args.rounds} rounds (default probe_every={DEFAULT_PROBE_EVERY})"
+    )
     print(f"{'model':<20} {'bare ms':>8} {'pass ms':>8} {'pass/step':>9} {'every step':>11} {'default':>8}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
