@@ -131,6 +131,7 @@ class LossTrend:
     def __init__(self) -> None:
         self._early: list[float] = []
         self._recent = Window(self.RECENT)
+        self._levels: tuple[float, float] | None = None  # (early, recent), cached until the next loss
         self.count = 0
         """Finite losses seen."""
 
@@ -139,6 +140,7 @@ class LossTrend:
         if loss is None or not math.isfinite(loss):
             return
         self.count += 1
+        self._levels = None
         if len(self._early) < self.EARLY:
             self._early.append(loss)
         self._recent.add(loss, step)
@@ -148,15 +150,24 @@ class LossTrend:
         """Whether enough losses were seen to say anything."""
         return len(self._early) >= 3
 
+    def _level(self) -> tuple[float, float]:
+        # Rules ask once per module per sample; the levels change only with a new loss.
+        if self._levels is None:
+            if self.known:
+                self._levels = (float(np.quantile(self._early, 0.25)), self._recent.median())
+            else:
+                self._levels = (math.nan, math.nan)
+        return self._levels
+
     @property
     def early(self) -> float:
         """The early level (NaN until known)."""
-        return float(np.quantile(self._early, 0.25)) if self.known else math.nan
+        return self._level()[0]
 
     @property
     def recent(self) -> float:
         """The recent level (NaN until known)."""
-        return self._recent.median() if self.known else math.nan
+        return self._level()[1]
 
     def rising(self) -> bool:
         """Whether the recent loss is well above the early one (by more than half its size): divergence."""
