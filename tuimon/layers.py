@@ -37,6 +37,8 @@ LAYERS = getattr(protocol, "LAYERS", "layers")
 """The record kind of the parameter index."""
 PARAM_STATS = getattr(protocol, "PARAM_STATS", "param_stats")
 """The record kind of one sampled step's per-parameter statistics."""
+GRAD_NORMS = getattr(protocol, "GRAD_NORMS", "grad_norms")
+"""The record kind of the per-step gradient norms between samples (``watch(..., norms_every=N)``)."""
 
 MODULES = getattr(protocol, "MODULES", "modules")
 """The record kind of the measured-module index."""
@@ -287,6 +289,43 @@ class LayerState(_ColumnHistory):
             column = self._values[s][:, col]
             self._values[s][:, col] = np.fmax(column, vals)  # fmax: NaN (nothing yet) gives way to a value
             self._nonfinite[s][:, col] |= bad
+        self.version += 1
+        return True
+
+    def apply_norms(self, step: int | None, data: Mapping[str, Any]) -> bool:
+        """Apply one ``grad_norms`` record (a step between samples): its gradient norms go into the ``grad_norm``
+        history and its global norm into :attr:`global_grad_norm`; the other statistics of that column stay "not
+        measured" (NaN, merged away by ``fmax``) and :attr:`latest` stays the latest full sample.
+
+        Args:
+            step: The step (``None`` continues after the latest).
+            data: The record's payload: ``grad_norm``, ``grad_nonfinite``, ``has_grad`` (length P) and
+                ``global_grad_norm``.
+
+        Returns:
+            False when the record did not match the index (counted in :attr:`mismatched` and ignored).
+        """
+        p = len(self.params)
+        arrays = _read_arrays(data, ("grad_norm", "grad_nonfinite", "has_grad"), p)
+        if not p or "grad_norm" not in arrays:
+            self.mismatched += 1
+            self.version += 1
+            return False
+        if step is None:
+            step = (self.latest_step or 0) + 1
+        g = data.get("global_grad_norm")
+        if isinstance(g, (int, float)) and not isinstance(g, bool):
+            self.global_grad_norm.add(step, float(g))
+        a = arrays["grad_norm"]
+        bad = ~np.isfinite(a)
+        if "grad_nonfinite" in arrays:
+            bad |= arrays["grad_nonfinite"] != 0
+        if "has_grad" in arrays:
+            bad &= arrays["has_grad"] != 0  # no gradient: "not measured", not NaN
+        col = self._column(step)
+        vals = np.where(bad, np.nan, a).astype(np.float32)
+        self._values["grad_norm"][:, col] = np.fmax(self._values["grad_norm"][:, col], vals)
+        self._nonfinite["grad_norm"][:, col] |= bad
         self.version += 1
         return True
 

@@ -25,7 +25,7 @@ from tuimon_agent import protocol
 from .alerts import ALERT, AlertState
 from .control import ACK_KIND, COMMAND_KIND, COMMANDS_KIND, CommandLog, TrackedCommand
 from .hists import HISTOGRAMS, HistState
-from .layers import ACT_STATS, INPUT_STATS, LAYERS, MODULES, PARAM_STATS, ActState, LayerState
+from .layers import ACT_STATS, GRAD_NORMS, INPUT_STATS, LAYERS, MODULES, PARAM_STATS, ActState, LayerState
 from .probe import FEATURE_MAPS, ProbeState
 from .series import CHUNK, Series
 
@@ -213,6 +213,9 @@ class RunState:
         elif kind == PARAM_STATS:
             self._seen(rec.ts, rec.step)
             self.layers.apply_stats(rec.step, rec.data)
+        elif kind == GRAD_NORMS:
+            self._seen(rec.ts, rec.step)
+            self.layers.apply_norms(rec.step, rec.data)
         elif kind == LAYERS:
             self._seen(rec.ts, rec.step)
             self.layers.apply_layers(rec.data)

@@ -10,6 +10,11 @@ queue item ``(tag, step, ts, (buffer, event, names))`` goes to the agent thread,
 and turns the rows into a ``param_stats`` record (:func:`stats_payload`). On the CPU the stacked tensor is the
 buffer itself. Steps that are not sampled cost one integer comparison in each hook.
 
+With ``norms_every=N`` (``watch(..., norms_every=N)``), every N-th optimizer step that is not a full sample gets a
+cheap pass in the pre hook instead: one fused ``torch._foreach_norm`` (L2) over the gradients, stacked with the
+has-gradient mask into one ``[NORM_ROWS, P]`` tensor, copied to the host the same way, and turned into a
+``grad_norms`` record on the agent thread (:func:`norms_payload`).
+
 Memory: on sampled steps only, one transient copy of the parameters that have a gradient (freed by the post hook),
 plus ``ROWS × P`` floats; nothing retained grows with the length of training.
 
@@ -28,6 +33,8 @@ import torch
 _GRAD_L2, _GRAD_MAX, _GRAD_NONZERO, _UPDATE, _HAS_GRAD, _WEIGHT, _WEIGHT_BEFORE = range(7)
 _N_GRAD_ROWS = 5
 ROWS = 7
+NORM_ROWS = 2
+"""Rows of a per-step norms buffer (``norms_every``): the gradient L2 norms and the has-gradient mask."""
 
 
 def unwrap(model: Any) -> Any:
@@ -88,6 +95,8 @@ class ParamStats:
             training thread, it must only queue.
         step_of: The step the record of the optimizer step being taken belongs to.
         on_error: Called with any exception from a hook; the hooks then do nothing more.
+        norms_every: Optimizer steps between two gradient-norm-only passes on steps that are not full samples
+            (``kind`` ``"norms"`` queued from the pre hook), or ``None``: off.
     """
 
     def __init__(
@@ -99,9 +108,15 @@ class ParamStats:
         enqueue: Any,
         step_of: Any,
         on_error: Any,
+        norms_every: int | None = None,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"invalid stats_every={every!r}: must be an int >= 1 (or 0 for off)")
+        if norms_every is not None and (
+            isinstance(norms_every, bool) or not isinstance(norms_every, int) or norms_every < 1
+        ):
+            raise ValueError(f"invalid norms_every={norms_every!r}: must be an int >= 1 (or None for off)")
+        self.norms_every = norms_every
         self.model = unwrap(model)
         self.optimizer = optimizer
         self.every = every
@@ -171,6 +186,12 @@ class ParamStats:
         self._calls += 1
         self._pending = None
         if self._calls % self.every and not self._force:
+            if self.norms_every is not None and self._calls % self.norms_every == 0:
+                try:
+                    self._measure_norms()
+                except Exception as exc:
+                    self._off = True
+                    self._on_error(exc)
             return
         self._force = False
         try:
@@ -217,6 +238,41 @@ class ParamStats:
             norms, before = [], []
         w_before = torch._foreach_norm(params, 2, dtype=f32)
         self._pending = (step, params, idx, before, norms, w_before)
+
+    @torch.no_grad()
+    def _measure_norms(self) -> None:
+        """The per-step pass: gradient L2 norms only, one fused kernel per device, one copy to the host."""
+        params = list(self.model.parameters())
+        step = self._step_of()
+        self._refresh(params, step)
+        if not params:
+            return
+        idx = tuple(i for i, p in enumerate(params) if p.grad is not None)
+        device = params[0].device
+        out = torch.full((NORM_ROWS, len(params)), math.nan, dtype=torch.float32, device=device)
+        if idx:
+            stack = self._stack if self._multi_device else torch.stack
+            grads = [params[i].grad for i in idx]
+            rows = stack(
+                [
+                    stack(torch._foreach_norm(grads, 2, dtype=torch.float32)),
+                    torch.ones(len(idx), device=device),
+                ]
+            )
+            if len(idx) == len(params):
+                out[:] = rows
+            else:
+                if self._cols is None or self._cols[0] != idx:
+                    self._cols = (idx, torch.tensor(idx, device=device))
+                out.index_copy_(1, self._cols[1], rows)
+        if device.type == "cuda":
+            buf = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            buf.copy_(out, non_blocking=True)
+            event: Any = torch.cuda.Event()
+            event.record()
+        else:
+            buf, event = out, None
+        self._enqueue("norms", step, (buf, event, self._names, self._numel))
 
     @torch.no_grad()
     def _measure_after(self) -> None:
@@ -299,5 +355,36 @@ def stats_payload(buf: Any, event: Any, numel: np.ndarray) -> dict[str, Any]:
         "weight_norm": np.ascontiguousarray(a[_WEIGHT], dtype=np.float32),
         "weight_nonfinite": (~np.isfinite(a[_WEIGHT_BEFORE])).astype(np.uint8),
         "update_ratio": ratio.astype(np.float32),
+        "global_grad_norm": total,
+    }
+
+
+def norms_payload(buf: Any, event: Any) -> dict[str, Any]:
+    """Turn a host buffer of :data:`NORM_ROWS` × P norms into a ``grad_norms`` payload (on the agent thread).
+
+    The non-finite flag is derived from the L2 norm alone: a NaN or Inf entry makes the norm NaN or Inf, so a
+    non-finite norm flags every such gradient. The converse has one exception: a gradient whose entries are all
+    finite but so large that the sum of their squares overflows float32 (|g| around 1e19 and more) also has an Inf
+    norm and is flagged too (the full pass tells the two apart with the max |g|).
+
+    Args:
+        buf: The host tensor (pinned on CUDA).
+        event: The CUDA event recorded after the copy, or ``None``.
+
+    Returns:
+        The ``grad_norms`` record's ``d``: ``grad_norm``, ``grad_nonfinite``, ``has_grad``, ``global_grad_norm``.
+    """
+    if event is not None:
+        event.synchronize()
+    a = buf.numpy()
+    g2 = a[0]
+    has = a[1] == 1.0
+    nonfinite = has & ~np.isfinite(g2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = float(np.sqrt(np.sum(np.square(g2[has].astype(np.float64))))) if has.any() else math.nan
+    return {
+        "grad_norm": np.ascontiguousarray(g2, dtype=np.float32),
+        "grad_nonfinite": nonfinite.astype(np.uint8),
+        "has_grad": has.astype(np.uint8),
         "global_grad_norm": total,
     }

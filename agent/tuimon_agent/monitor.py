@@ -38,6 +38,8 @@ _PROV = 30  # the replay of the first non-finite forward (activations.py, proven
 _ENQUEUE_TAGS["prov"] = _PROV
 _EVENT = 31  # an event payload from the training thread, emitted as is
 _ENQUEUE_TAGS["event"] = _EVENT
+_NORMS = 32  # per-step gradient norms (instruments.py, norms_every)
+_ENQUEUE_TAGS["norms"] = _NORMS
 _COMPILED_EVENT = {
     "what": "activations_unavailable",
     "message": "activation and input statistics are off under torch.compile: forward hooks inside a compiled "
@@ -103,6 +105,11 @@ class Monitor(ControlMixin):
         stats_every: Optimizer steps between two per-parameter gradient and weight statistics passes
             (``param_stats`` records; needs both ``model`` and ``optimizer``): ``1`` every step, ``0`` off.
             A sampled step briefly holds one extra copy of the parameters that have a gradient.
+        norms_every: Optimizer steps between two cheap gradient-norm passes on the steps that are not full
+            samples (``grad_norms`` records: per-tensor gradient L2 norms from one fused ``torch._foreach_norm``,
+            the non-finite flag derived from them, and the global norm; needs ``stats_every > 0``). ``1``: every
+            step, which also makes the first non-finite gradient's step exact (NaN provenance). ``None``
+            (default): off. Measured in ``tests/benchmarks/bench_instruments.py``.
         activations: On the same sampled steps, also measure the outputs of the model's layers and its input
             during the training-mode forward (``modules``, ``act_stats`` and ``input_stats`` records; forward
             hooks, removed on close). Not installed on a ``torch.compile``'d model (one ``activations_unavailable``
@@ -138,6 +145,7 @@ class Monitor(ControlMixin):
         persist: bool = True,
         publish: bool = True,
         stats_every: int = DEFAULT_STATS_EVERY,
+        norms_every: int | None = None,
         activations: bool = True,
         hist_every: int = DEFAULT_HIST_EVERY,
         hist_bins: int = DEFAULT_HIST_BINS,
@@ -154,6 +162,10 @@ class Monitor(ControlMixin):
             raise ValueError(f"invalid commit_interval={commit_interval!r}: must be a number > 0")
         if isinstance(stats_every, bool) or not isinstance(stats_every, int) or stats_every < 0:
             raise ValueError(f"invalid stats_every={stats_every!r}: must be an int >= 0 (0: off)")
+        if norms_every is not None and (
+            isinstance(norms_every, bool) or not isinstance(norms_every, int) or norms_every < 1
+        ):
+            raise ValueError(f"invalid norms_every={norms_every!r}: must be an int >= 1, or None for off")
         if isinstance(hist_every, bool) or not isinstance(hist_every, int) or hist_every < 0:
             raise ValueError(f"invalid hist_every={hist_every!r}: must be an int >= 0 (0: off)")
         if isinstance(hist_bins, bool) or not isinstance(hist_bins, int) or not 1 <= hist_bins <= 4096:
@@ -220,6 +232,7 @@ class Monitor(ControlMixin):
                     enqueue=self._enqueue_stats,
                     step_of=self._next_step,
                     on_error=self._fail,
+                    norms_every=norms_every,
                 )
                 if activations and _compiled(model):
                     self._enqueue_stats("event", None, _COMPILED_EVENT)
@@ -267,6 +280,8 @@ class Monitor(ControlMixin):
                 self._probe.install()
             self._thread = AgentThread(cfg, self._queue, self._counters, self._fail)
             self._configure_provenance(self._thread.provenance, stats_every)
+            if self._stats is not None and norms_every is not None:
+                self._thread.provenance.norms_every = norms_every
             self._thread.start()
             # Wait (once, at setup) until the run file and the connection file exist, so that a viewer started
             # right after watch() finds the run; never longer than two seconds.

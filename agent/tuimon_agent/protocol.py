@@ -80,7 +80,7 @@ weights, an overflow there; ``"weight"``: a module's own parameter, every later 
 backward order for gradients; or nil), ``"param"`` (a parameter name or nil), ``"how"`` (``"replay"``: the first
 non-finite training forward, checked every step on the CPU, run again with every module measured; ``"loss"``: the
 first non-finite logged ``*loss*`` value; ``"forced"``: after that loss, the agent had the next step measured in
-full; ``"sampled"``: a ``param_stats`` sample), ``"exact"`` (``first_step`` is proven first; false for a sample,
+full; ``"sampled"``: a ``param_stats`` sample; ``"norms"``: a ``grad_norms`` record), ``"exact"`` (``first_step`` is proven first; false for a sample,
 which may lag the cause by up to ``stats_every - 1`` steps), ``"seen_at"`` (the step whose measurement decided) and
 ``"weights"`` (modules with a non-finite parameter, at most 32). ``what = "activations_unavailable"``: activation
 statistics are off because the model runs under ``torch.compile``."""
@@ -99,7 +99,16 @@ abs), ``"grad_zero": float32[P]`` (fraction of exact zeros), ``"grad_nonfinite":
 ``"has_grad": uint8[P]`` (0: ``grad`` was ``None``; its gradient stats and update ratio are NaN),
 ``"weight_norm": float32[P]`` (L2 after the step), ``"update_ratio": float32[P]`` (‖w_after − w_before‖ /
 ‖w_before‖ of this step), ``"global_grad_norm": float`` (L2 over every gradient), ``"weight_nonfinite": uint8[P]}``
-(a NaN or Inf in the weights the step started from; absent in older runs)."""
+(a NaN or Inf in the weights the step started from; absent in older runs). With ``watch(..., norms_every=N)``
+the steps in between that are not samples get a ``grad_norms`` record instead (below), never a partial
+``param_stats``: consumers that count ``param_stats`` samples see the same records either way."""
+GRAD_NORMS = "grad_norms"
+"""The cheap per-step pass (``watch(..., norms_every=N)``): every N-th optimizer step that is not a
+``param_stats`` sample, same columns as ``param_stats``: ``d = {"grad_norm": float32[P]`` (L2, one fused
+``torch._foreach_norm``), ``"grad_nonfinite": uint8[P]`` (the L2 norm is not finite: a NaN or Inf entry, or, the one
+false alarm, finite entries so huge that the sum of squares overflows float32), ``"has_grad": uint8[P]``,
+``"global_grad_norm": float}``. Nothing else is measured on those steps (no max, zeros, weights or update ratio:
+absent means not measured)."""
 MODULES = "modules"
 """The modules whose outputs are measured (Linear, Conv1d/2d/3d, RNN/LSTM/GRU, MultiheadAttention, norm layers and
 activation modules), in model order (``named_modules()``, the root excluded, names as in ``layers``); sent once
@@ -180,6 +189,7 @@ RECORD_KINDS = frozenset(
         CHECK,
         LAYERS,
         PARAM_STATS,
+        GRAD_NORMS,
         MODULES,
         ACT_STATS,
         INPUT_STATS,

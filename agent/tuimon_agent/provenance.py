@@ -25,7 +25,9 @@ This runs on the agent thread and imports numpy only. Three sources feed it, eac
     entry: a gradient that went non-finite while the loss stayed finite (a backward overflow; an optimizer that
     skips such steps, like ``GradScaler``, keeps the weights finite). The step is the sampled one: the problem may
     have started up to ``stats_every − 1`` steps earlier (``exact = False``). Gradients flow backward, so the layer
-    named is the *last* flagged one in model order: the first in backward order.
+    named is the *last* flagged one in model order: the first in backward order. With ``norms_every=1`` the
+    ``grad_norms`` records of the steps in between are read the same way (``how = "norms"``), so every step's
+    gradients are checked and a gradient that went non-finite first is reported at its exact step.
 
 The record: ``{"what": "nonfinite", "message", "step", "first_step", "of", "layer", "param", "how", "exact",
 "seen_at", "weights"}`` (``step`` equals ``first_step``; ``layer`` is a module name or ``None``; ``param`` a
@@ -119,6 +121,8 @@ class Provenance:
         self.forward_checked = forward_checked
         self.force = force
         self.every = every
+        self.norms_every: int | None = None
+        """The interval of ``grad_norms`` records in between samples (``watch(..., norms_every=N)``), or None."""
         self.done = False
         self._loss_step: int | None = None
         self._acts: tuple[int | None, str | None, bool] | None = None
@@ -247,6 +251,40 @@ class Provenance:
         rec, self._pending = self._pending[1], None
         return self._finish(rec)
 
+    def on_norms(self, step: int | None, data: dict[str, Any], names: Sequence[str]) -> dict[str, Any] | None:
+        """A ``grad_norms`` record (a step in between samples, ``norms_every``): a non-finite gradient is
+        reported like a sampled one, waiting for that step's logged loss; exact when every step is measured."""
+        # A non-finite loss came first: the forced sample decides.
+        if self.done or self._loss_step is not None:
+            return None
+        n = min(len(names), len(data["grad_nonfinite"]))
+        bad_grad = [names[i] for i in range(n) if data["grad_nonfinite"][i]]
+        if bad_grad:
+            if self._pending is not None:  # an earlier step's gradient is already waiting: it came first
+                return None
+            p = bad_grad[-1]  # gradients flow backward: the last in model order is the first to go bad
+            extra = (
+                f"{len(bad_grad)} gradients non-finite, the last in model order named"
+                if len(bad_grad) > 1
+                else ""
+            )
+            rec = record(
+                first_step=step,
+                of="gradient",
+                how="norms",
+                exact=self.norms_every == 1 or self.every == 1,
+                seen_at=step,
+                layer=_module(p),
+                param=p,
+                note=extra,
+            )
+            self._pending = (step, rec)
+            return None
+        if self._pending is not None and self._pending[0] != step:
+            rec, self._pending = self._pending[1], None
+            return self._finish(rec)
+        return None
+
     def on_stats(self, step: int | None, data: dict[str, Any], names: Sequence[str]) -> dict[str, Any] | None:
         """A ``param_stats`` record (sampled or forced)."""
         if self.done:
@@ -315,7 +353,7 @@ class Provenance:
                 first_step=first,
                 of="gradient",
                 how=how,
-                exact=self.every == 1,  # every step is sampled: the one before was finite
+                exact=1 in (self.every, self.norms_every),  # every step measured: the one before was finite
                 seen_at=step,
                 layer=_module(p),
                 param=p,

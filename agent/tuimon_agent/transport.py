@@ -45,6 +45,7 @@ _STEP_LIMIT = 1 << 62
 _LOG, _EVAL, _OPT, _END, _CHECK, _LAYERS, _STATS, _MODULES, _ACTS, _HIST = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 _PROBE = 20  # feature maps of the probe input (probe.py)
 _PROV, _EVENT = 30, 31  # the replay of the first non-finite forward (provenance.py); an event as is
+_NORMS = 32  # per-step gradient norms (instruments.py, norms_every)
 _PLAIN = frozenset({float, int})
 
 
@@ -340,6 +341,8 @@ class AgentThread(threading.Thread):
                 self._emit(protocol.LAYERS, step, ts, payload)
             elif tag == _STATS:
                 self._param_stats(step, ts, payload)
+            elif tag == _NORMS:
+                self._grad_norms(step, ts, payload)
             elif tag == _MODULES:
                 self._emit(protocol.MODULES, step, ts, payload)
             elif tag == _ACTS:
@@ -390,6 +393,16 @@ class AgentThread(threading.Thread):
         data = stats_payload(buf, event, numel)
         self._emit(protocol.PARAM_STATS, step, ts, data)
         self._nonfinite(step, ts, self.provenance.on_stats(step, data, names))
+
+    def _grad_norms(self, step: int | None, ts: float, payload: tuple[Any, ...]) -> None:
+        """A per-step norms buffer (``norms_every``) → a ``grad_norms`` record, and the first non-finite gradient
+        → one ``nonfinite`` event (exact where every step is measured)."""
+        from .instruments import norms_payload
+
+        buf, event, names, _numel = payload
+        data = norms_payload(buf, event)
+        self._emit(protocol.GRAD_NORMS, step, ts, data)
+        self._nonfinite(step, ts, self.provenance.on_norms(step, data, names))
 
     def _nonfinite(self, step: int | None, ts: float, data: dict[str, Any] | None) -> None:
         """Emit the run's one ``nonfinite`` event once :class:`~tuimon_agent.provenance.Provenance` decided it."""

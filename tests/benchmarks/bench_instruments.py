@@ -11,7 +11,13 @@ each, in one process, rounds interleaved and the median round reported (``torch.
 - ``default``: with ``tuimon_agent.watch(model, opt)`` at default settings and ``mon.log(loss=loss)`` each step,
   over ``--steps`` steps (rounded up to a multiple of ``stats_every`` so that statistics samples are included), plus
   one histogram pass spread over ``hist_every`` steps (the run is too short to include one);
-- ``norms@1``: with ``stats_every=1, activations=False`` (per-tensor norms and non-finite flags every step);
+- ``stats@1``: with ``stats_every=1, activations=False`` (the whole statistics pass every step);
+- ``norms@1``: with ``norms_every=1, activations=False`` and no full sample in the timed steps (``stats_every`` past
+  them, ``hist_every=0``): the cheap per-step pass alone (per-tensor gradient L2 norms, the non-finite flags and the
+  global norm, ``grad_norms`` records);
+- ``norms pass``: the per-step norms pass alone (``ParamStats._measure_norms``, what ``norms@1`` adds on the
+  training thread), timed directly: median of ``--reps`` × 20 passes, in % of the bare step (steadier than the
+  difference of two step times when it is this small);
 - ``hist``: one full histogram pass (``ParamHist.measure``: every weight and gradient, binned on the device);
 - ``tb``: ``SummaryWriter.add_histogram`` for the same tensors (weights and gradients), once;
 - ``wandb``: the extra cost of a step with ``run.watch(model, log="all", log_freq=1)`` (offline run) and
@@ -21,7 +27,7 @@ each, in one process, rounds interleaved and the median round reported (``torch.
 Times are the training thread's CPU time (``--clock cpu``, the default: what the training loop itself spends,
 steady on a machine shared with other processes; the agent thread's work is not in it, by design it runs beside
 the loop) or wall-clock time (``--clock wall``, for a quiet machine). Every figure but ``bare`` is a ratio to the
-bare step of the same round (``×`` columns; ``default`` and ``stats@1``
+bare step of the same round (``×`` columns; ``default``, ``stats@1`` and ``norms@1``
 as overhead in %). TensorBoard and wandb are optional (``pip install tensorboard wandb``, or the ``bench`` extra):
 a missing one prints "not installed". wandb runs with ``WANDB_MODE=offline``, ``WANDB_SILENT=true`` and a temporary
 ``WANDB_DIR``.
@@ -46,7 +52,7 @@ import torch
 from torch import nn
 
 import tuimon_agent
-from tuimon_agent import histograms
+from tuimon_agent import histograms, instruments
 from tuimon_agent.monitor import DEFAULT_HIST_BINS, DEFAULT_HIST_EVERY, DEFAULT_STATS_EVERY
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "digits.py"
@@ -106,13 +112,17 @@ def _wandb_run() -> Iterator[Any]:
 def _time_steps(make: Make, steps: int, mode: str, wandb_run: Any = None) -> float:
     """Mean seconds per training step after 3 warm-up steps.
 
-    ``mode``: ``"bare"``; ``"default"`` or ``"stats1"`` (tuimon); ``"wandb_log"`` (``run.log`` only) or
+    ``mode``: ``"bare"``; ``"default"``, ``"stats1"`` or ``"norms1"`` (tuimon); ``"wandb_log"`` (``run.log`` only) or
     ``"wandb_watch"`` (``run.watch(model, log="all", log_freq=1)`` and ``run.log``).
     """
     model, opt, loss_fn = make()
     mon = None
-    if mode in ("default", "stats1"):
-        opts: dict[str, Any] = {"stats_every": 1, "activations": False} if mode == "stats1" else {}
+    if mode in ("default", "stats1", "norms1"):
+        opts: dict[str, Any] = {
+            "default": {},
+            "stats1": {"stats_every": 1, "activations": False},
+            "norms1": {"stats_every": 1 << 30, "norms_every": 1, "activations": False, "hist_every": 0},
+        }[mode]
         mon = tuimon_agent.watch(model, opt, dir=tempfile.mkdtemp(), publish=False, **opts)
     if mode == "wandb_watch":
         wandb_run.watch(model, log="all", log_freq=1)
@@ -180,10 +190,33 @@ def _time_hist_passes(make: Make, reps: int, tb: bool) -> tuple[float, float]:
     return statistics.median(ours), (statistics.median(theirs) if tb else math.nan)
 
 
+def _time_norms_pass(make: Make, reps: int) -> float:
+    """Median seconds of one per-step norms pass (``ParamStats._measure_norms``) over ``reps × 20`` passes, after
+    one warm-up, on gradients of a real backward."""
+    model, opt, loss_fn = make()
+    loss_fn().backward()
+    stats = instruments.ParamStats(
+        model,
+        opt,
+        every=1 << 30,
+        norms_every=1,
+        enqueue=lambda kind, step, payload: None,
+        step_of=lambda: 1,
+        on_error=lambda exc: (_ for _ in ()).throw(exc),
+    )
+    stats._measure_norms()
+    times = []
+    for _ in range(max(1, reps) * 20):
+        t0 = _clock()
+        stats._measure_norms()
+        times.append(_clock() - t0)
+    return statistics.median(times)
+
+
 def _row(name: str, make: Make, args: argparse.Namespace, why_not: dict[str, str | None]) -> list[str]:
     d = DEFAULT_STATS_EVERY
     steps_default = max(d, math.ceil(args.steps / d) * d)
-    modes = ["bare", "default", "stats1"]
+    modes = ["bare", "default", "stats1", "norms1"]
     run_cm = _wandb_run() if why_not["wandb"] is None else contextlib.nullcontext()
     with run_cm as run:
         if run is not None:
@@ -204,6 +237,7 @@ def _row(name: str, make: Make, args: argparse.Namespace, why_not: dict[str, str
                 ratios[m].append((times[m][-1] - ref) / bare)
     bare = statistics.median(times["bare"])
     hist, tb = _time_hist_passes(make, args.reps, why_not["tensorboard"] is None)
+    norms_pass = _time_norms_pass(make, args.reps)
     model = make()[0]
     n = len(list(model.parameters()))
     numel = sum(p.numel() for p in model.parameters())
@@ -220,6 +254,8 @@ def _row(name: str, make: Make, args: argparse.Namespace, why_not: dict[str, str
         f"{bare * 1e3:.1f}",
         f"{default * 100:+.2f}%",
         f"{statistics.median(ratios['stats1']) * 100:+.1f}%",
+        f"{statistics.median(ratios['norms1']) * 100:+.2f}%",
+        f"{norms_pass * 1e3:.2f} ms = {norms_pass / bare * 100:.2f}%",
         x(hist / bare),
         x(tb / bare) if why_not["tensorboard"] is None else "not installed",
         x(wandb) if run is not None else "not installed",
@@ -259,7 +295,9 @@ def main() -> None:
         "params",
         "bare ms",
         "default",
+        "stats@1",
         "norms@1",
+        "norms pass",
         "hist pass",
         "tb pass",
         "wandb pass",
@@ -278,9 +316,10 @@ def main() -> None:
             "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         )
     print(
-        "default / norms@1: a step's extra time with tuimon at default settings / with stats_every=1 and "
-        "activations=False, in % of the bare "
-        f"step (default adds one histogram pass / {DEFAULT_HIST_EVERY}); hist pass, tb pass, wandb pass: one pass over "
+        "default / stats@1 / norms@1: a step's extra time with tuimon at default settings / with stats_every=1 and "
+        "activations=False / with norms_every=1 and activations=False (norms only), in % of the bare "
+        f"step (default adds one histogram pass / {DEFAULT_HIST_EVERY}); norms pass: the norms-only pass timed alone, "
+        "in ms and in % of the bare step; hist pass, tb pass, wandb pass: one pass over "
         "every weight and gradient, in bare steps (ours binned by ParamHist on the training thread; "
         "SummaryWriter.add_histogram; wandb.watch(log='all') hooks, the extra time of a log_freq=1 step); tb/hist, "
         "wandb/hist: how many of our passes fit in theirs."
