@@ -118,6 +118,13 @@ class _ColumnHistory:
     _stats: tuple[str, ...] = ()
     capacity: int
 
+    def _init_history(self, capacity: int) -> None:
+        if not isinstance(capacity, int) or capacity < 2:
+            raise ValueError(f"invalid capacity={capacity!r}: must be an int >= 2")
+        self.capacity = capacity + capacity % 2
+        self.version = 0
+        self.mismatched = 0
+
     def _reset_history(self, rows: int) -> None:
         c = self.capacity
         self._values = {s: np.full((rows, c), np.nan, dtype=np.float32) for s in self._stats}
@@ -220,11 +227,7 @@ class LayerState(_ColumnHistory):
     _stats = HISTORY_STATS
 
     def __init__(self, *, capacity: int = DEFAULT_CAPACITY) -> None:
-        if not isinstance(capacity, int) or capacity < 2:
-            raise ValueError(f"invalid capacity={capacity!r}: must be an int >= 2")
-        self.capacity = capacity + capacity % 2
-        self.version = 0
-        self.mismatched = 0
+        self._init_history(capacity)
         self.global_grad_norm = Series("global_grad_norm")
         self._index([])
 
@@ -373,11 +376,7 @@ class ActState(_ColumnHistory):
     _stats = ACT_HISTORY_STATS
 
     def __init__(self, *, capacity: int = DEFAULT_CAPACITY) -> None:
-        if not isinstance(capacity, int) or capacity < 2:
-            raise ValueError(f"invalid capacity={capacity!r}: must be an int >= 2")
-        self.capacity = capacity + capacity % 2
-        self.version = 0
-        self.mismatched = 0
+        self._init_history(capacity)
         self.inputs: dict[str, Any] | None = None
         self.inputs_step: int | None = None
         self._index([])
