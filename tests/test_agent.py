@@ -98,6 +98,20 @@ def test_explicit_steps_and_step_counter(tmp_path: Path) -> None:
     assert [r.step for r in _records(mon) if r.kind == protocol.METRICS] == [1, 100, 101]
 
 
+def test_log_takes_a_mapping_for_names_that_are_not_identifiers(tmp_path: Path) -> None:
+    with tuimon_agent.watch(dir=tmp_path, publish=False) as mon:
+        mon.log({"train/loss": 1.0, "step": 3.0}, step=5)
+        mon.log(6, loss=2.0)  # the step as the first positional argument, as before
+        mon.log({"train/loss": 0.5}, acc=0.9)
+        mon.log_eval({"eval/loss": 1.5})
+    metrics = [(r.step, r.data["values"]) for r in _records(mon) if r.kind == protocol.METRICS]
+    evals = [(r.step, r.data["values"]) for r in _records(mon) if r.kind == protocol.EVAL]
+    assert [s for s, _ in metrics] == [5, 6, 7]
+    assert metrics[0][1]["train/loss"] == 1.0 and metrics[0][1]["step"] == 3.0
+    assert metrics[2][1]["train/loss"] == 0.5 and metrics[2][1]["acc"] == 0.9
+    assert evals == [(7, {"eval/loss": 1.5})]
+
+
 def test_a_full_queue_drops_the_oldest_and_counts_it(tmp_path: Path) -> None:
     mon = tuimon_agent.watch(dir=tmp_path, publish=False, queue_size=64)
     for i in range(200_000):

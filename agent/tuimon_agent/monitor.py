@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -309,16 +310,26 @@ class Monitor(ControlMixin):
         """Whether the monitor is still accepting data."""
         return not self._off
 
-    def log(self, step: int | None = None, **values: Any) -> None:
+    def log(self, values: Any = None, /, step: int | None = None, **kw: Any) -> None:
         """Record training scalars for a step. Only enqueues: conversion and I/O happen on the agent thread.
 
+        ``mon.log(loss=l)``, ``mon.log({"train/loss": l}, step=n)`` (names that are not identifiers, or a metric
+        called ``step``) and the older ``mon.log(n, loss=l)`` all work.
+
         Args:
+            values: A mapping of names to values (optional; merged with the keywords), or the step as an int.
             step: The step (default: one more than the previous).
-            **values: Names to numbers or one-element tensors (a tensor is read on the agent thread, so this call
+            **kw: Names to numbers or one-element tensors (a tensor is read on the agent thread, so this call
                 never synchronises with the GPU).
         """
         if self._off:
             return
+        if values is not None:
+            if isinstance(values, Mapping):
+                kw = {**values, **kw} if kw else dict(values)
+            elif step is None:
+                step = values
+        values = kw
         if step is None:
             step = self._step + 1
         self._step = step
@@ -327,15 +338,22 @@ class Monitor(ControlMixin):
             self._drop_oldest()
         q.append((_LOG, step, _time(), values))
 
-    def log_eval(self, step: int | None = None, **values: Any) -> None:
+    def log_eval(self, values: Any = None, /, step: int | None = None, **kw: Any) -> None:
         """Record evaluation scalars (validation loss, accuracy, ...) at a step.
 
         Args:
+            values: A mapping of names to values (optional; merged with the keywords), or the step as an int.
             step: The step (default: the step of the latest :meth:`log`).
-            **values: Names to numbers or one-element tensors.
+            **kw: Names to numbers or one-element tensors.
         """
         if self._off:
             return
+        if values is not None:
+            if isinstance(values, Mapping):
+                kw = {**values, **kw} if kw else dict(values)
+            elif step is None:
+                step = values
+        values = kw
         q = self._queue
         if len(q) >= self._maxlen:
             self._drop_oldest()
