@@ -152,13 +152,23 @@ def ipc_endpoints(run_id: str, directory: Path) -> tuple[str, str]:
 
 
 def write_connection_file(info: ConnectionInfo, directory: Path) -> Path:
-    """Write ``<directory>/<run_id>.json`` with mode 0600 atomically; returns its path."""
+    """Write ``<directory>/<run_id>.json`` with mode 0600 atomically; returns its path.
+
+    The content goes to a new temporary file with a random name, created exclusively (``O_EXCL``, so a symlink or a
+    stale file planted at a predictable name is never followed or reused) with mode 0600, then renamed over the
+    connection file's name (a rename replaces a link there, it never writes through it).
+    """
     path = directory / f"{info.run_id}.json"
-    tmp = directory / f".{info.run_id}.json.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(info.to_json(), f, indent=1)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{info.run_id}.", suffix=".json.tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(info.to_json(), f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     info.path = str(path)
     return path
 
@@ -207,9 +217,15 @@ def remember_recent(info: ConnectionInfo, *, directory: Path | None = None, stat
     try:
         lines = path.read_text(encoding="utf-8").splitlines()[-(RECENT_KEEP - 1) :] if path.exists() else []
         lines.append(json.dumps(entry))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+        fd, tmp = tempfile.mkstemp(prefix=".recent.", suffix=".tmp", dir=d)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     except OSError:
         pass
 
