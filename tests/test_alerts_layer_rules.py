@@ -8,6 +8,7 @@ record with the same payload shapes the agent emits (``layers``/``modules`` inde
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from tuimon_agent.alerts import RULE_CLASSES, Diagnoser
 from tuimon_agent.alerts.activation_rules import DeadUnits, Saturation
 from tuimon_agent.alerts.gradient_rules import ExplodingGradients, UpdateRatio, VanishingGradients
 from tuimon_agent.alerts.input_rules import UnnormalizedInput, assess
+from tuimon_agent.alerts.layer_common import fnum, fpct
 from tuimon_agent.alerts.nonfinite import NonFinite
 from tuimon_agent.protocol import Record
 
@@ -534,8 +536,21 @@ def test_dead_units_fire_per_layer_with_severity_by_fraction() -> None:
     assert alert["severity"] == "critical" and alert["layers"] == ["features.1"]
     assert alert["evidence"]["dead"] == pytest.approx(0.95, abs=1e-3)
     assert alert["first_step"] == 1
-    assert "features.1" in alert["message"] and "95%" in alert["message"]
+    assert "features.1" in alert["message"] and "95 %" in alert["message"]
     assert "dead_units:features.3" in s.diag.alerts
+
+
+def test_fractions_and_numbers_print_as_people_write_them() -> None:
+    s = Stream([DeadUnits()])
+    for step in range(1, 20):
+        s.metrics(step, 2.3)
+        s.inputs(step, [0.0], [1.0], [-1.0], [2.0])
+        s.acts(step, dead=1.0)
+    message = s.diag.alerts["dead_units:features.1"]["message"]
+    assert "100 %" in message and "e+" not in message
+    assert [fpct(x) for x in (1.0, 0.54, 0.035, 0.0004, 0.0)] == ["100 %", "54 %", "3.5 %", "0.04 %", "0 %"]
+    assert [fnum(x) for x in (2.0e7, 3.2e-5, 0.021, 1500.0, 12.5, 0.0)] == ["2.00e7", "3.20e-5", "0.021", "1500", "12.5", "0"]
+    assert fnum(2.0e7, 2) == "2.0e7"
 
 
 def test_dead_units_ignore_small_batch_flicker_and_moderate_healthy_fractions() -> None:
@@ -721,3 +736,33 @@ def test_unnormalized_input_resolves_after_three_normalized_batches() -> None:
         s.inputs(step, [0.0], [1.0], [-1.0], [2.5])
     assert [p["state"] for p in s.of("unnormalized_input")] == ["active", "resolved"]
     assert s.of("unnormalized_input")[-1]["last_step"] == 4
+
+
+def test_tuimon_diagnose_lists_the_most_severe_alert_first(tmp_path: Path) -> None:
+    """A run whose first alert is a warning and whose later one is critical: ``diagnose`` prints the critical
+    one first, as the viewer's panel does."""
+    from tuimon.diagnose import diagnose_file, format_diagnosis
+    from tuimon_agent.runfile import RunFileWriter
+
+    writer = RunFileWriter(tmp_path / "run.sqlite", meta={"run_id": "20260101-000000-cccccc", "name": "order"})
+    seq = iter(range(1, 1_000_000))
+
+    class Recorded(Stream):
+        def feed(self, rec: Record) -> None:
+            rec = Record(rec.kind, next(seq), rec.step, rec.ts, rec.data)
+            writer.add(rec, protocol.encode(rec))
+            super().feed(rec)
+
+    s = Recorded([DeadUnits(), Saturation()])
+    for step in range(1, 40):
+        s.metrics(step, 2.3)
+        s.inputs(step, [0.0], [1.0], [-1.0], [2.0])
+        s.acts(step, dead=0.0 if step < 20 else 1.0, saturated=0.6)
+    writer.commit()
+    writer.close()
+    d = diagnose_file(tmp_path / "run.sqlite")
+    severities = [a["max_severity"] for a in d.alerts]
+    assert severities[0] == "critical" and "warning" in severities
+    assert min(a["first_step"] for a in d.alerts if a["max_severity"] == "warning") < d.alerts[0]["first_step"]
+    text = format_diagnosis(d)
+    assert text.index("[CRITICAL]") < text.index("[WARNING")

@@ -34,7 +34,7 @@ class Diagnosis:
     Attributes:
         name: The run's name.
         path: Its run file.
-        alerts: The latest payload of each alert id, in onset order, with ``max_severity`` (the highest severity
+        alerts: The latest payload of each alert id, most severe first then in onset order, with ``max_severity`` (the highest severity
             it reached) and ``episodes`` (how many times it became active) added.
         records: Records read.
         disabled: Rule name → the error that disabled it.
@@ -98,7 +98,8 @@ def diagnose_file(path: str | Path, diagnoser: Diagnoser | None = None) -> Diagn
                     new_episode = prev["state"] == "resolved" and d["state"] == "active"
                     episodes = prev["episodes"] + (1 if new_episode else 0)
                 found[d["id"]] = {**d, "max_severity": top, "episodes": episodes}
-    out.alerts = sorted(found.values(), key=lambda a: (a["first_step"], a["id"]))
+    # As the viewer's alert panel orders them: most severe first, then earliest onset.
+    out.alerts = sorted(found.values(), key=lambda a: (-SEVERITY_RANK[a["max_severity"]], a["first_step"], a["id"]))
     out.disabled = dict(diag.disabled)
     return out
 

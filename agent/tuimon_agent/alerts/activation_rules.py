@@ -33,7 +33,7 @@ import numpy as np
 from .. import protocol
 from ..protocol import Record
 from .base import CRITICAL, INFO, WARNING, Context, Finding, Hysteresis, Rule
-from .layer_common import RELU_FAMILY, SATURATING, LossTrend, array, fnum
+from .layer_common import RELU_FAMILY, SATURATING, LossTrend, array, fnum, fpct
 
 SPAN_INPUTS = 128
 """Inputs the dead/saturated window spans at least."""
@@ -187,7 +187,7 @@ class DeadUnits(_FractionRule):
             confidence=min(1.0, 0.5 + (low - self.on_at) / (2 * (1 - self.on_at) or 1)),
             evidence={"dead": round(low, 3), "dead_mean": round(mean, 3), "samples": k, **extra},
             message=(
-                f"{fnum(low * 100, 2)}% of the units of {name} ({mtype}) output 0 for every input "
+                f"{fpct(low)} of the units of {name} ({mtype}) output 0 for every input "
                 f"since step {onset}: they are dead and no longer learn."
             ),
             remedies=[
@@ -225,7 +225,7 @@ class Saturation(_FractionRule):
             confidence=min(1.0, 0.5 + (low - self.on_at) / (2 * (1 - self.on_at) or 1)),
             evidence={"saturated": round(low, 3), "saturated_mean": round(mean, 3), "samples": k, **extra},
             message=(
-                f"{fnum(low * 100, 2)}% of the outputs of {name} ({mtype}) sit at {bounds} since step {onset}: "
+                f"{fpct(low)} of the outputs of {name} ({mtype}) sit at {bounds} since step {onset}: "
                 "their gradients are nearly zero."
             ),
             remedies=[

@@ -44,7 +44,7 @@ import numpy as np
 from .. import protocol
 from ..protocol import Record
 from .base import CRITICAL, INFO, WARNING, Context, Finding, Hysteresis, Rule, Window, set_clip, set_lr
-from .layer_common import RELU_FAMILY, SATURATING, LossTrend, WeightIndex, array, fnum
+from .layer_common import RELU_FAMILY, SATURATING, LossTrend, WeightIndex, array, fnum, fpct
 
 BASELINE = 20
 """Samples in the exploding-gradient baseline window."""
@@ -407,7 +407,7 @@ class UpdateRatio(Rule):
             actions.append(set_lr(ctx.lr * factor, f"towards an update ratio of 1e-3 from {fnum(10**u, 2)}"))
         if high:
             message = (
-                f"each step changes the weights by {fnum(10**u * 100, 2)}% of their size since step {onset} "
+                f"each step changes the weights by {fpct(10**u)} of their size since step {onset} "
                 "(1e-3 is typical): the learning rate is too high."
             )
             remedies = [
@@ -419,7 +419,7 @@ class UpdateRatio(Rule):
                 severity = INFO
         else:
             message = (
-                f"each step changes the weights by only {fnum(10**u, 2)} of their size since step {onset} "
+                f"each step changes the weights by only {fpct(10**u)} of their size since step {onset} "
                 "(1e-3 is typical): the learning rate is too low or learning is stuck."
             )
             remedies = [

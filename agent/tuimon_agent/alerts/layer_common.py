@@ -41,8 +41,36 @@ SATURATING = frozenset({"Tanh", "Sigmoid"})
 
 
 def fnum(x: float, digits: int = 3) -> str:
-    """A number for a message: ``3.2e-05``, ``0.021``, ``1.5e+03``."""
-    return f"{x:.{digits}g}"
+    """A number as people write it in a message: ``0.021``, ``1500``, ``2.0e7``, ``3.2e-5``.
+
+    Plain notation from 0.001 to 99,999 (``digits`` significant digits, no trailing zeros), otherwise a mantissa
+    with ``digits`` significant digits and a bare exponent (no ``+``, no leading zeros).
+    """
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
+    ax = abs(x)
+    if ax == 0.0:
+        return "0"
+    if 1e-3 <= ax < 1e5:
+        if ax >= 10 ** (digits - 1):
+            return f"{x:.0f}"
+        return f"{x:.{digits}g}"
+    mantissa, exponent = f"{x:.{max(digits - 1, 1)}e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def fpct(fraction: float) -> str:
+    """A fraction as a percentage for a message: ``100 %``, ``54 %``, ``3.5 %``, ``0.04 %``."""
+    p = float(fraction) * 100.0
+    if not math.isfinite(p):
+        return f"{p} %"
+    ap = abs(p)
+    if ap >= 10 or ap == 0:
+        return f"{p:.0f} %"
+    if ap >= 1:
+        return f"{p:.1f} %".replace(".0 %", " %")
+    return f"{p:.2g} %"
 
 
 class WeightIndex:

@@ -37,6 +37,7 @@ from .base import (
     set_lr,
 )
 from .curve import BLOCK, LossCurve
+from .layer_common import fpct
 
 LAYER_CAUSES = frozenset(
     {
@@ -265,7 +266,7 @@ class LossPlateau(_LossRule):
                 evidence=evidence,
                 message=(
                     f"The training loss has stayed flat at {_fmt(level)} (initial {_fmt(c.start)}, "
-                    f"{improvement:.0%} better) since step {onset} {why}."
+                    f"{fpct(improvement)} better) since step {onset} {why}."
                 ),
                 remedies=[
                     "Raise the learning rate (try 3-10x), or run a learning-rate range test.",
@@ -472,7 +473,7 @@ class Underfitting(_EvalRule):
                 },
                 message=(
                     f"The training loss ({_fmt(level)}) and the validation loss ({_fmt(val_now)}) have stayed "
-                    f"high and flat since step {self.state.onset}, only {improvement:.0%} below the initial "
+                    f"high and flat since step {self.state.onset}, only {fpct(improvement)} below the initial "
                     f"{_fmt(c.start)}: the model underfits."
                 ),
                 remedies=[
