@@ -8,8 +8,8 @@ record with the same payload shapes the agent emits (``layers``/``modules`` inde
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np

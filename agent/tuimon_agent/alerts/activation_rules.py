@@ -33,7 +33,7 @@ import numpy as np
 from .. import protocol
 from ..protocol import Record
 from .base import CRITICAL, INFO, WARNING, Context, Finding, Hysteresis, Rule
-from .layer_common import RELU_FAMILY, SATURATING, LossTrend, array, fnum, fpct
+from .layer_common import RELU_FAMILY, SATURATING, LossTrend, array, fpct
 
 SPAN_INPUTS = 128
 """Inputs the dead/saturated window spans at least."""
