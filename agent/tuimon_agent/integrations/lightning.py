@@ -1,0 +1,172 @@
+"""A Lightning ``Callback`` that streams a ``Trainer.fit`` to tuimon: ``Trainer(callbacks=[TuimonCallback()])``.
+
+Needs ``lightning>=2.0`` (``pip install tuimon-agent[lightning]``), or the older ``pytorch_lightning`` package when
+``lightning`` is not installed. Importing :mod:`tuimon_agent` does not import this module.
+
+What it records:
+
+- at ``on_train_start``, :func:`tuimon_agent.watch` of the ``LightningModule`` and the trainer's first optimizer
+  (``trainer.optimizers`` holds the real torch optimizers; a ``LightningOptimizer`` wrapper is unwrapped), with the
+  callback's keyword options;
+- after each optimizer step (a new ``trainer.global_step``), a ``metrics`` record at that step: the training
+  step's ``loss`` (from the batch outputs) and what the module logs with ``self.log`` on step (from
+  ``trainer.callback_metrics``; epoch aggregates, ``..._epoch``, and validation metrics left out);
+- at the end of each validation run (not the sanity check), the metrics that validation logged, as an ``eval``
+  record at the current global step, under the names they were logged with (``val_loss`` pairs with ``loss``);
+- a live ``stop`` command sets ``trainer.should_stop`` (Lightning ends the fit after the current batch);
+- the run is closed at ``on_fit_end``, or with reason ``"exception"`` / ``"interrupted"`` in ``on_exception``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import watch
+from ..monitor import Monitor, _warn
+from . import is_eval_name, unwrap_optimizer
+
+try:
+    from lightning.pytorch import Callback
+except ImportError:  # pragma: no cover - the older package name
+    from pytorch_lightning import Callback
+
+__all__ = ["TuimonCallback"]
+
+
+class TuimonCallback(Callback):
+    """Streams a Lightning training run to tuimon viewers and a run file, without slowing down training.
+
+    Example::
+
+        trainer = lightning.Trainer(max_epochs=3, callbacks=[TuimonCallback(run="mnist")])
+        trainer.fit(model, train_loader, val_loader)
+
+    Args:
+        **options: Keyword options of :func:`tuimon_agent.watch` (``run=``, ``dir=``, ``stats_every=``,
+            ``hist_every=``, ``alerts=``, ...), passed through unchanged.
+
+    Attributes:
+        monitor: The :class:`~tuimon_agent.Monitor` of the current fit (``None`` before ``on_train_start``).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self.options = options
+        self.monitor: Monitor | None = None
+        self._last_step = -1
+        self._eval_names: set[str] = set()
+        self._before_val: dict[str, Any] = {}
+
+    # -- hooks -------------------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """Called when training starts: watch the module and its optimizer."""
+        if self.monitor is not None:
+            self.monitor.close()
+        optimizers = list(getattr(trainer, "optimizers", None) or [])
+        optimizer = unwrap_optimizer(optimizers[0]) if optimizers else None
+        if len(optimizers) > 1:
+            _warn(
+                f"TuimonCallback: the module has {len(optimizers)} optimizers; only the first "
+                f"({type(optimizer).__name__}) is watched (statistics, live commands)"
+            )
+        self._last_step = int(trainer.global_step)
+        self._eval_names = set()
+        self.monitor = watch(pl_module, optimizer, **self.options)
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Called after each training batch: log the step's metrics once per optimizer step; honour ``stop``."""
+        mon = self.monitor
+        if mon is None or not mon.enabled:
+            return
+        try:
+            step = int(trainer.global_step)
+            if step != self._last_step:
+                self._last_step = step
+                mon.log(self._train_values(trainer, outputs), step=step)
+            if mon.should_stop:
+                trainer.should_stop = True
+        except Exception as exc:  # never into the training loop
+            mon._fail(exc)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        """Called when validation starts: remember the metrics as they are, to tell which ones validation logs."""
+        if self.monitor is not None and not trainer.sanity_checking:
+            self._before_val = dict(trainer.callback_metrics)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        """Called when validation ends: record what it logged as an ``eval`` record at the current global step."""
+        mon = self.monitor
+        if mon is None or not mon.enabled or trainer.sanity_checking:
+            return
+        try:
+            before = self._before_val
+            metrics = trainer.callback_metrics
+            values = {
+                k: v
+                for k, v in metrics.items()
+                if (before.get(k) is not v or is_eval_name(k)) and not _epoch_twin(k, metrics)
+            }
+            self._before_val = {}
+            values = {k: v for k, v in values.items() if _scalar(v)}
+            if values:
+                self._eval_names.update(values)
+                mon.log_eval(values, step=int(trainer.global_step))
+        except Exception as exc:
+            mon._fail(exc)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        """Called when fit ends: close the run (flushes the run file)."""
+        self._close("closed")
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """Called when fit raises: close the run with the reason."""
+        self._close("interrupted" if isinstance(exception, KeyboardInterrupt) else "exception")
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Called at the end of fit, validate, test, predict: make sure the run is closed."""
+        if stage == "fit":
+            self._close("closed")
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _train_values(self, trainer: Any, outputs: Any) -> dict[str, Any]:
+        """The training step's loss and the on-step metrics the module logged (tensors, read on the agent thread)."""
+        values: dict[str, Any] = {}
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if _scalar(loss):
+            values["loss"] = loss.detach() if hasattr(loss, "detach") else loss
+        metrics = trainer.callback_metrics
+        for k, v in metrics.items():
+            if (
+                k in self._eval_names
+                or is_eval_name(k)
+                or k.endswith("_epoch")
+                or (k.endswith("_step") and k[:-5] in metrics)
+                or not _scalar(v)
+            ):
+                continue
+            values[k] = v
+        return values
+
+    def _close(self, reason: str) -> None:
+        mon, self.monitor = self.monitor, None
+        if mon is not None:
+            mon.close(reason=reason)
+
+
+def _epoch_twin(name: str, metrics: Any) -> bool:
+    """``x_epoch`` when ``x`` holds the same value (a metric logged both on step and on epoch)."""
+    return name.endswith("_epoch") and metrics.get(name[: -len("_epoch")]) is metrics.get(name)
+
+
+def _scalar(v: Any) -> bool:
+    """A number or a one-element tensor."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    numel = getattr(v, "numel", None)
+    return callable(numel) and numel() == 1
