@@ -174,3 +174,29 @@ def test_bad_values_never_raise(tmp_path: Path, capfd: pytest.CaptureFixture[str
     assert "add_histogram('h', ...) not recorded" in err and "add_scalars('x', ...) not recorded" in err
     recs = _records(w.monitor.run_file)
     assert _series(recs, protocol.METRICS, "loss") == {1: 1.0, 2: 2.0}
+
+
+async def test_the_histograms_show_in_the_viewers_histogram_view(tmp_path: Path) -> None:
+    from test_app import wait_loaded
+
+    from tuimon.app import make_app
+    from tuimon.screens import LayersScreen
+    from tuimon.source import FileSource
+    from tuimon.widgets import HistView
+
+    writer = SummaryWriter("runs/hist-view", dir=tmp_path, publish=False)
+    _tensorboard_loop(writer)
+    writer.close()
+    app = make_app(FileSource(writer.monitor.run_file))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_loaded(pilot)
+        await pilot.press("g")
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, LayersScreen)
+        await pilot.press("down", "h")
+        await pilot.pause()
+        view = screen.query_one(HistView)
+        assert view.display and view.param == "0.bias"
+        first = "".join(s.text for s in view.render_line(0))
+        assert first.lstrip().startswith("weights · step 12"), first
