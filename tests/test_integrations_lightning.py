@@ -137,3 +137,23 @@ def test_a_stop_command_ends_the_fit(tmp_path: Path) -> None:
     assert len(acks) == 1 and acks[0].data["status"] == "applied" and acks[0].step == 6
     end = [r for r in recs if r.kind == protocol.END]
     assert end[0].data["reason"] == "stopped" and end[0].data["stop_reason"] == "from the lightning test"
+
+
+class _Breaks(Regressor):
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        if self.trainer.global_step == 3:
+            raise RuntimeError("bad batch")
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_exception_in_the_fit_closes_the_run_with_its_reason(tmp_path: Path) -> None:
+    cb = TuimonCallback(run="pl-breaks", dir=tmp_path, publish=False)
+    trainer = _trainer([cb], max_steps=20, limit_val_batches=0)
+    train, _ = _loaders()
+    with pytest.raises(RuntimeError, match="bad batch"):
+        trainer.fit(_Breaks(), train)
+    assert cb.monitor is None  # closed by on_exception, not left to the interpreter's exit
+    recs = _records(next(tmp_path.glob("*/run.sqlite")))
+    assert [r.step for r in recs if r.kind == protocol.METRICS] == [1, 2, 3]
+    end = [r for r in recs if r.kind == protocol.END]
+    assert len(end) == 1 and end[0].data["reason"] == "exception"

@@ -4,6 +4,9 @@ hparams, unsupported methods, close twice, the context manager, model= and optim
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +203,16 @@ async def test_the_histograms_show_in_the_viewers_histogram_view(tmp_path: Path)
         assert view.display and view.param == "0.bias"
         first = "".join(s.text for s in view.render_line(0))
         assert first.lstrip().startswith("weights · step 12"), first
+
+
+def test_the_writer_and_the_integrations_package_import_no_framework() -> None:
+    code = (
+        "import sys, tuimon_agent, tuimon_agent.integrations\n"
+        "from tuimon_agent import SummaryWriter\n"
+        "bad = [m for m in ('torch', 'lightning', 'pytorch_lightning', 'transformers', 'accelerate') if m in sys.modules]\n"
+        "print(SummaryWriter.__name__, bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), timeout=60
+    )
+    assert out.stdout.strip() == "SummaryWriter []", out.stderr

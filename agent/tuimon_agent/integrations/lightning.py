@@ -15,10 +15,14 @@ What it records:
   record at the current global step, under the names they were logged with (``val_loss`` pairs with ``loss``);
 - a live ``stop`` command sets ``trainer.should_stop`` (Lightning ends the fit after the current batch);
 - the run is closed at ``on_fit_end``, or with reason ``"exception"`` / ``"interrupted"`` in ``on_exception``.
+
+Under DDP only global rank 0 publishes (``$RANK`` is set from ``trainer.global_rank`` when Lightning's launcher left
+it unset); the other ranks follow rank 0's live commands.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .. import watch
@@ -72,6 +76,10 @@ class TuimonCallback(Callback):
             )
         self._last_step = int(trainer.global_step)
         self._eval_names = set()
+        rank = int(getattr(trainer, "global_rank", 0) or 0)
+        if rank and not os.environ.get("RANK"):
+            # Lightning's own launchers set LOCAL_RANK but not RANK, which watch() reads: only rank 0 publishes.
+            os.environ["RANK"] = str(rank)
         self.monitor = watch(pl_module, optimizer, **self.options)
 
     def on_train_batch_end(
