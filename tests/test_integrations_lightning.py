@@ -34,6 +34,9 @@ class Regressor(lightning.LightningModule):
         loss = nn.functional.mse_loss(self.net(x), y)
         self.log("train_loss", loss)
         self.log("train_mae", (self.net(x) - y).abs().mean(), on_step=False, on_epoch=True)
+        self.log("both", loss * 2, on_step=True, on_epoch=True)
+        if batch_idx % 3 == 0:
+            self.log("sparse", float(batch_idx))
         return loss
 
     def validation_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
@@ -74,10 +77,10 @@ def _records(path: Path | str) -> list[protocol.Record]:
 def test_a_lightning_fit_streams_metrics_stats_and_eval(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cb = TuimonCallback(run="pl-fit", dir=tmp_path, publish=False, stats_every=5)
-    trainer = _trainer([cb], max_steps=20, limit_val_batches=2, val_check_interval=5, num_sanity_val_steps=2)
+    trainer = _trainer([cb], max_steps=30, limit_val_batches=2, val_check_interval=5, num_sanity_val_steps=2)
     train, val = _loaders()
     trainer.fit(Regressor(), train, val)
-    assert trainer.global_step == 20
+    assert trainer.global_step == 30
     runs = list(tmp_path.glob("*/run.sqlite"))
     assert len(runs) == 1
     recs = _records(runs[0])
@@ -85,21 +88,36 @@ def test_a_lightning_fit_streams_metrics_stats_and_eval(tmp_path: Path) -> None:
     assert hello.data["name"] == "pl-fit" and hello.data["optimizer"]["type"] == "SGD"
     assert hello.data["model"]["type"] == "Regressor"
 
-    metrics = [r for r in recs if r.kind == protocol.METRICS]
-    steps = [r.step for r in metrics]
-    assert steps == list(range(1, 21))  # one record per global step
-    for r in metrics:
-        v = protocol.values_of(r)
-        assert {"loss", "train_loss", "opt/lr"} <= set(v), (r.step, v)
-        assert v["loss"] == pytest.approx(v["train_loss"])
-        assert "val_loss" not in v and not any(k.endswith("_epoch") for k in v)
-    # param_stats on global steps 5, 10, 15, 20, each with that step's gradients present
+    def train_series(name: str) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for r in recs:
+            if r.kind == protocol.METRICS and name in protocol.values_of(r):
+                assert r.step not in out, (name, r.step)  # never twice at a step
+                out[r.step] = protocol.values_of(r)[name]
+        return out
+
+    # one value per global step (20 batches an epoch, so steps 1-20 are epoch 0 and 21-30 epoch 1)
+    for name in ("loss", "train_loss", "both", "opt/lr"):
+        assert sorted(train_series(name)) == list(range(1, 31)), name
+    loss, both = train_series("loss"), train_series("both")
+    assert all(loss[s] == pytest.approx(train_series("train_loss")[s]) for s in loss)
+    assert all(both[s] == pytest.approx(2 * loss[s], rel=1e-5) for s in loss)
+    # logged on some steps only: recorded at those steps, not repeated in between
+    assert sorted(train_series("sparse")) == [1, 4, 7, 10, 13, 16, 19, 21, 24, 27, 30]
+    # epoch aggregates at each epoch's last global step (max_steps ends the second one at 30), under Lightning's
+    # names, once each
+    assert sorted(train_series("train_mae")) == [20, 30]
+    assert sorted(train_series("both_epoch")) == [20, 30]
+    assert train_series("both_epoch")[20] == pytest.approx(sum(both[s] for s in range(1, 21)) / 20, rel=1e-4)
+    assert not [r for r in recs if r.kind == protocol.METRICS and "val_loss" in protocol.values_of(r)]
+
+    # param_stats every 5 global steps, each with gradients
     stats = [r for r in recs if r.kind == protocol.PARAM_STATS]
-    assert [r.step for r in stats] == [5, 10, 15, 20]
+    assert [r.step for r in stats] == [5, 10, 15, 20, 25, 30]
     assert all(r.data["has_grad"].all() for r in stats)
 
     evals = [r for r in recs if r.kind == protocol.EVAL]
-    assert [r.step for r in evals] == [5, 10, 15, 20]  # validation every 5 steps; the sanity check left out
+    assert [r.step for r in evals] == [5, 10, 15, 20, 25, 30]  # every 5 batches; the sanity check left out
     assert all(set(protocol.values_of(r)) == {"val_loss"} for r in evals)
     assert protocol.values_of(evals[-1])["val_loss"] < protocol.values_of(evals[0])["val_loss"]
     end = [r for r in recs if r.kind == protocol.END]

@@ -263,7 +263,8 @@ class SummaryWriter:
             self._warn_once("add_hparams", f"add_hparams not recorded ({type(exc).__name__}: {exc})")
 
     def flush(self) -> None:
-        """Hand the histograms of the current step to the monitor (scalars are handed over as they come)."""
+        """Hand the histograms of the current step to the monitor (scalars are handed over as they come; a step's
+        histograms also go when the next step's first scalar or histogram arrives)."""
         if self._closed:
             return
         try:
@@ -323,6 +324,8 @@ class SummaryWriter:
             return
         try:
             step = self._step(global_step)
+            if self._hist_step is not None and step != self._hist_step:
+                self._flush_histograms()  # a later step began: the viewer gets the histograms now
             train = {k: v for k, v in values.items() if not is_eval_tag(k)}
             evals = {k: v for k, v in values.items() if is_eval_tag(k)}
             if train:

@@ -9,8 +9,10 @@ What it records:
   (``trainer.optimizers`` holds the real torch optimizers; a ``LightningOptimizer`` wrapper is unwrapped), with the
   callback's keyword options;
 - after each optimizer step (a new ``trainer.global_step``), a ``metrics`` record at that step: the training
-  step's ``loss`` (from the batch outputs) and what the module logs with ``self.log`` on step (from
-  ``trainer.callback_metrics``; epoch aggregates, ``..._epoch``, and validation metrics left out);
+  step's ``loss`` (from the batch outputs) and what the module logged with ``self.log`` on step since the previous
+  record (from ``trainer.callback_metrics``; validation metrics left out);
+- at the end of each training epoch, the epoch aggregates (``self.log(..., on_epoch=True)``) at the current global
+  step, as Lightning names them (``x_epoch`` when ``x`` is also logged on step);
 - at the end of each validation run (not the sanity check), the metrics that validation logged, as an ``eval``
   record at the current global step, under the names they were logged with (``val_loss`` pairs with ``loss``);
 - a live ``stop`` command sets ``trainer.should_stop`` (Lightning ends the fit after the current batch);
@@ -60,6 +62,7 @@ class TuimonCallback(Callback):
         self._last_step = -1
         self._eval_names: set[str] = set()
         self._before_val: dict[str, Any] = {}
+        self._recorded: dict[str, Any] = {}
 
     # -- hooks -------------------------------------------------------------------------------------------------
 
@@ -76,6 +79,7 @@ class TuimonCallback(Callback):
             )
         self._last_step = int(trainer.global_step)
         self._eval_names = set()
+        self._recorded = {}
         rank = int(getattr(trainer, "global_rank", 0) or 0)
         if rank and not os.environ.get("RANK"):
             # Lightning's own launchers set LOCAL_RANK but not RANK, which watch() reads: only rank 0 publishes.
@@ -97,6 +101,28 @@ class TuimonCallback(Callback):
             if mon.should_stop:
                 trainer.should_stop = True
         except Exception as exc:  # never into the training loop
+            mon._fail(exc)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """Called when a training epoch ends: record the epoch aggregates the module logged (``on_epoch=True``) at the
+        current global step, under Lightning's names (``x_epoch`` for a metric logged on step too)."""
+        mon = self.monitor
+        if mon is None or not mon.enabled:
+            return
+        try:
+            metrics = trainer.callback_metrics
+            values = {}
+            for k, v in metrics.items():
+                if k in self._eval_names or is_eval_name(k) or not _scalar(v) or not self._fresh(k, v):
+                    continue
+                if (
+                    metrics.get(f"{k}_epoch") is v
+                ):  # the plain name of a step-and-epoch metric: x_epoch says it
+                    continue
+                values[k] = v
+            if values:
+                mon.log(values, step=int(trainer.global_step))
+        except Exception as exc:
             mon._fail(exc)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
@@ -141,7 +167,8 @@ class TuimonCallback(Callback):
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _train_values(self, trainer: Any, outputs: Any) -> dict[str, Any]:
-        """The training step's loss and the on-step metrics the module logged (tensors, read on the agent thread)."""
+        """The training step's loss and the on-step metrics the module logged this step (tensors, read on the agent
+        thread)."""
         values: dict[str, Any] = {}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if _scalar(loss):
@@ -156,8 +183,20 @@ class TuimonCallback(Callback):
                 or not _scalar(v)
             ):
                 continue
-            values[k] = v
+            if self._fresh(k, v):
+                values[k] = v
         return values
+
+    def _fresh(self, name: str, value: Any) -> bool:
+        """Whether ``value`` is not the one last recorded under ``name``: ``callback_metrics`` keeps a metric's last
+        value until it is logged again (an epoch aggregate all the next epoch). The last value recorded is held,
+        so its storage stays allocated and the same data pointer means the same tensor."""
+        prev = self._recorded.get(name)
+        self._recorded[name] = value
+        ptr = getattr(value, "data_ptr", None)
+        if prev is None or not callable(ptr) or not callable(getattr(prev, "data_ptr", None)):
+            return True
+        return bool(prev.data_ptr() != ptr())
 
     def _close(self, reason: str) -> None:
         mon, self.monitor = self.monitor, None
