@@ -115,9 +115,8 @@ class TuimonCallback(Callback):
             for k, v in metrics.items():
                 if k in self._eval_names or is_eval_name(k) or not _scalar(v) or not self._fresh(k, v):
                     continue
-                if (
-                    metrics.get(f"{k}_epoch") is v
-                ):  # the plain name of a step-and-epoch metric: x_epoch says it
+                # the plain name of a metric logged on step and on epoch: its x_epoch twin says it
+                if metrics.get(f"{k}_epoch") is v:
                     continue
                 values[k] = v
             if values:
