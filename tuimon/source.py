@@ -111,6 +111,8 @@ class FileSource(Source):
                     return
                 emit(SourceUpdate(status="live"))
                 await asyncio.sleep(0.5)
+        except ValueError as exc:  # RunFileDamaged: keep what was read, say where it stopped
+            emit(SourceUpdate(status="ended", message=f"run file damaged, shown up to record {last}: {exc}"))
         finally:
             reader.close()
 

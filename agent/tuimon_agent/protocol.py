@@ -258,9 +258,16 @@ def _ext_hook(code: int, payload: bytes) -> Any:
         return msgpack.ExtType(code, payload)  # unknown extension: keep it opaque, never fail
     dtype, shape, raw = msgpack.unpackb(payload, raw=False)
     dt = np.dtype(dtype)
-    if dt.hasobject:
-        raise ProtocolError("object arrays are not allowed")
+    if dt.hasobject or dt.kind not in "biufc" or dt.itemsize == 0:
+        raise ProtocolError(f"arrays of {dtype!r} are not allowed (numbers only)")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 32:
+        raise ProtocolError(f"malformed array shape {shape!r}")
+    if not isinstance(raw, bytes):
+        raise ProtocolError("malformed array data")
     count = math.prod(shape) if shape else 1
+    if math.prod(max(n, 1) for n in shape) > max(count, 1) * 65536:
+        # An empty array with a huge outer shape, e.g. (2**40, 0): no bytes, but 2**40 rows to anyone who lists it.
+        raise ProtocolError(f"malformed array shape {shape!r}")
     if count * dt.itemsize != len(raw):
         raise ProtocolError(
             f"array of {dtype}{tuple(shape)} needs {count * dt.itemsize} bytes, got {len(raw)}"

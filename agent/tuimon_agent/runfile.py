@@ -51,6 +51,16 @@ class PersistenceError(OSError):
     """The run file cannot be written (disk full, read-only directory, ...)."""
 
 
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    """An SQLite error as one short line (its messages can quote a whole multi-line schema)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class RunFileDamaged(ValueError):
+    """A run file that opened but cannot be read further (a damaged page, a truncated file)."""
+
+
 class RunFileWriter:
     """Appends records to a run file in batches. Owned by one thread (the agent thread).
 
@@ -184,12 +194,16 @@ class RunFileReader:
                     f"file:{p.resolve()}?immutable=1", uri=True, check_same_thread=False
                 )
                 self._meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-            except sqlite3.DatabaseError as exc:
-                raise ValueError(f"{p} is not a tuimon run file: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{p} is not a tuimon run file: {exc}") from None
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{p} is not a tuimon run file: {_one_line(exc)}") from None
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{p} is not a tuimon run file: {_one_line(exc)}") from None
         if "run_id" not in self._meta:
             raise ValueError(f"{p} is not a tuimon run file (no run_id in meta)")
+        try:
+            self._db.execute("SELECT seq, kind, step, ts, body FROM records LIMIT 1").fetchall()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{p} is not a tuimon run file: {_one_line(exc)}") from None
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -207,14 +221,21 @@ class RunFileReader:
         """The run's id."""
         return str(self._meta["run_id"])
 
+    def _query(self, sql: str, args: tuple[Any, ...] = (), *, after: int = 0) -> list[Any]:
+        """Run a query; a damaged file raises :class:`RunFileDamaged` (a ``ValueError``) naming the file."""
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            where = f" after record {after}" if after else ""
+            raise RunFileDamaged(f"{self.path} is damaged{where}: {_one_line(exc)}") from None
+
     def last_seq(self) -> int:
         """The highest committed sequence number (0 when empty)."""
-        row = self._db.execute("SELECT MAX(seq) FROM records").fetchone()
-        return int(row[0] or 0)
+        return int(self._query("SELECT MAX(seq) FROM records")[0][0] or 0)
 
     def count(self) -> int:
         """How many records are committed."""
-        return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+        return int(self._query("SELECT COUNT(*) FROM records")[0][0])
 
     def bodies(self, after_seq: int = 0, *, batch: int = 5000) -> Iterator[list[tuple[int, bytes]]]:
         """Committed record bodies with ``seq > after_seq`` in order, in batches.
@@ -225,13 +246,17 @@ class RunFileReader:
 
         Yields:
             Lists of ``(seq, body)``.
+
+        Raises:
+            RunFileDamaged: The file is damaged past the records yielded so far (those stay valid).
         """
         last = after_seq
         while True:
-            rows = self._db.execute(
-                "SELECT seq, body FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch)
-            ).fetchall()
-            if not rows:
+            rows = self._query(
+                "SELECT seq, body FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch), after=last
+            )
+            rows = [(q, b) for q, b in rows if isinstance(q, int) and q > last and isinstance(b, bytes)]
+            if not rows:  # the end, or a damaged index that goes backwards: stop rather than loop
                 return
             yield rows
             last = rows[-1][0]
