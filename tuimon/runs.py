@@ -96,20 +96,29 @@ def resolve(spec: str) -> discovery.ConnectionInfo | Path:
     if spec.startswith(("tcp://", "ipc://")):
         return _endpoint_info(spec)
     p = Path(spec)
-    if p.suffix == ".json" and p.is_file():
-        try:
-            return discovery.ConnectionInfo.load(p)
-        except (OSError, ValueError) as exc:
-            raise RunNotFound(str(exc)) from None
-    if p.is_file() or (p.is_dir() and (p / "run.sqlite").is_file()):
-        return p if p.is_file() else p / "run.sqlite"
+    try:
+        if p.suffix == ".json" and p.is_file():
+            try:
+                return discovery.ConnectionInfo.load(p)
+            except (OSError, ValueError) as exc:
+                raise RunNotFound(str(exc)) from None
+        if p.is_file() or (p.is_dir() and (p / "run.sqlite").is_file()):
+            return p if p.is_file() else p / "run.sqlite"
+    except OSError:  # e.g. a name longer than the file system allows: not a path, maybe a run's name
+        pass
     live = discovery.live_runs()
     for info in live:
-        if spec in (info.run_id, info.name):
+        if spec == info.run_id:
             return info
-    matches = [info for info in live if info.run_id.startswith(spec)]
-    if len(matches) == 1:
-        return matches[0]
+    for matches, what in (
+        ([info for info in live if info.name == spec], "live runs are called"),
+        ([info for info in live if info.run_id.startswith(spec)], "live run ids start with"),
+    ):
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            ids = ", ".join(f"{m.run_id} (pid {m.pid})" for m in matches)
+            raise RunNotFound(f"{spec!r} is ambiguous: {len(matches)} {what} that: {ids}; name one by its id")
     for e in list_runs():
         if spec in (e.run_id, e.name) and e.run_file and Path(e.run_file).is_file():
             return Path(e.run_file)
