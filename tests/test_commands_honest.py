@@ -23,7 +23,8 @@ from helpers import CommandClient
 
 import tuimon_agent
 from tuimon_agent import discovery, protocol
-from tuimon_agent.control import STOP_IGNORED_AFTER
+
+STOP_IGNORED_AFTER = 3  # tuimon_agent.control.STOP_IGNORED_AFTER (checked below)
 
 LR_MAX, LR_MIN, WARMUP, DECAY = 6e-3, 6e-4, 5, 40
 STEPS = 30
@@ -267,3 +268,9 @@ def test_command_api_never_raises_without_commands(
         assert mon.commands_unavailable() is not None and why in mon.commands_unavailable()
     finally:
         mon.close()
+
+
+def test_the_documented_number_of_steps_before_stop_counts_as_ignored() -> None:
+    from tuimon_agent import control
+
+    assert control.STOP_IGNORED_AFTER == STOP_IGNORED_AFTER

@@ -293,7 +293,6 @@ class InterruptDialog(CommandDialog):
         if text not in ("", "c", "checkpoint", "ckpt", "yes", "no"):
             raise ValueError(f"type 'checkpoint' or leave it empty, not {text!r}")
         args = {"checkpoint": True} if text in ("c", "checkpoint", "ckpt", "yes") else {}
-        args["reason"] = "interrupt: the loop ignored stop"
         return CommandRequest("interrupt", commands.validate("interrupt", args)), None
 
 
