@@ -274,3 +274,32 @@ def test_the_documented_number_of_steps_before_stop_counts_as_ignored() -> None:
     from tuimon_agent import control
 
     assert control.STOP_IGNORED_AFTER == STOP_IGNORED_AFTER
+
+
+@pytest.mark.parametrize("order", ["in order", "follow-up first", "repeated"])
+def test_the_viewer_log_keeps_a_follow_up_whatever_the_order(order: str) -> None:
+    """Replies and records can arrive in any order and twice: overwritten stays, applied counts once."""
+    from tuimon.control import CommandLog, describe
+
+    counted: list[str] = []
+    log = CommandLog(on_applied=lambda c: counted.append(c.id))
+    applied = {"id": "c1", "name": "set_lr", "status": "applied", "step": 12, "old": 1e-3, "new": 1e-4}
+    applied["follow_up"] = True
+    over = {
+        "id": "c1",
+        "name": "set_lr",
+        "status": "overwritten",
+        "step": 13,
+        "reason": "overwritten by the loop",
+    }
+    seq = {
+        "in order": [applied, over],
+        "follow-up first": [over, applied],
+        "repeated": [applied, over, applied, over],
+    }[order]
+    for data in seq:
+        log.apply_reply(dict(data))
+    cmd = log.get("c1")
+    assert cmd is not None and cmd.status == "overwritten" and cmd.follow_up == "overwritten" and cmd.done
+    assert cmd.step == 12 and counted == ["c1"]
+    assert describe(cmd) == "set_lr overwritten by the loop"

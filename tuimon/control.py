@@ -153,6 +153,8 @@ def label_of(name: str, args: dict[str, Any]) -> str:
     if name in VALUE_ARG:
         if "scale" in args:
             text = f"{name} ×{_fmt(args['scale'])}"
+        elif VALUE_ARG[name] not in args:  # known only from an ack: no value to show
+            text = name
         else:
             text = f"{name} {_fmt(args.get(VALUE_ARG[name]))}"
         if args.get("group") is not None:
