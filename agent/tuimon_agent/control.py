@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ rank waits long enough in a collective to trip its timeout)."""
 STOP_IGNORED_AFTER = 3
 """Optimizer steps a loop may take after the step at which ``stop`` was applied before the stop is reported as
 ignored (the loop does not read ``mon.should_stop``) and ``interrupt`` is offered."""
+INTERRUPT_FLUSH = 1.0
+"""Seconds at most ``interrupt`` waits for the agent thread to take its ack (recorded, sent) before raising."""
 LR_RTOL = 1e-6
 """Relative difference between a group's lr and the value ``set_lr`` put there that counts as overwritten."""
 
@@ -197,6 +200,11 @@ class Controller:
             # An ``interrupt`` the user confirmed: leave the loop as Ctrl-C would, at this step boundary (its ack
             # and any checkpoint are already queued for the agent thread; close() at exit writes the end record).
             self._interrupt = False
+            deadline = time.monotonic() + INTERRUPT_FLUSH
+            while (
+                self.done and time.monotonic() < deadline
+            ):  # the ack reaches the run file and the sender first
+                time.sleep(0.005)
             raise KeyboardInterrupt("tuimon: interrupt command (the loop did not read mon.should_stop)")
 
     def _follow_up(self, cmd_id: str, name: str, status: str, step: int, to: Any, **fields: Any) -> None:
