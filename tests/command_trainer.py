@@ -4,7 +4,8 @@ Usage: python tests/command_trainer.py --dir DIR [--run NAME] [--steps N] [--rat
 Prints ``RUN <run_id> <run_file>`` once the monitor exists, ``STEP <n>`` every ``--print-every`` steps (flushed),
 and at the end ``FINAL <json>`` with the optimizer's settings and why the loop ended, so a test can check what the
 commands did to the real optimizer. Registers a custom command ``bump(amount: float = 1.0, note: str = "")``.
-The loop is paced to ``--rate`` steps a second (0: as fast as it goes) and stops when ``mon.should_stop`` is set.
+The loop is paced to ``--rate`` steps a second (0: as fast as it goes) and stops when ``mon.should_stop`` is set
+(unless ``--ignore-stop``, as loops that never read it). ``--no-optimizer`` watches the model alone (manual SGD).
 """
 
 from __future__ import annotations
@@ -25,12 +26,18 @@ def main() -> None:
     p.add_argument("--run", default="cmd")
     p.add_argument("--dir", required=True)
     p.add_argument("--print-every", type=int, default=1)
+    p.add_argument(
+        "--ignore-stop", action="store_true", help="never read mon.should_stop (as many loops don't)"
+    )
+    p.add_argument("--no-optimizer", action="store_true", help="watch(model) only, and a manual SGD update")
     a = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    mon = tuimon_agent.watch(model, opt, run=a.run, dir=a.dir, commit_interval=0.05)
+    mon = tuimon_agent.watch(
+        model, None if a.no_optimizer else opt, run=a.run, dir=a.dir, commit_interval=0.05
+    )
     bumped: list[float] = []
     if hasattr(mon, "command"):
 
@@ -49,11 +56,16 @@ def main() -> None:
         loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
-        opt.step()
+        if a.no_optimizer:
+            with torch.no_grad():
+                for param in model.parameters():
+                    param -= 0.01 * param.grad
+        else:
+            opt.step()
         mon.log(loss=loss)
         if mon.step % a.print_every == 0:
             print(f"STEP {mon.step}", flush=True)
-        if getattr(mon, "should_stop", False):
+        if not a.ignore_stop and getattr(mon, "should_stop", False):
             break
         if period:
             next_t += period

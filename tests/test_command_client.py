@@ -48,7 +48,15 @@ async def test_pending_queued_applied_and_a_second_viewer_sees_the_ack_on_the_st
         assert (
             isinstance(cmd.step, int) and cmd.old == pytest.approx(0.01) and cmd.new == pytest.approx(0.005)
         )
-        assert describe(cmd) == f"set_lr applied at step {cmd.step:,}: lr 0.01 → 0.005"
+        assert (
+            describe(cmd)
+            == f"set_lr applied at step {cmd.step:,}: lr 0.01 → 0.005 · checking the next step …"
+        )
+        await client.wait_follow_up(cmd, timeout=30)  # the loop leaves the lr alone: it held
+        assert cmd.follow_up == "held" and statuses[-1] == "applied"
+        assert (
+            describe(cmd) == f"set_lr applied at step {cmd.step:,}: lr 0.01 → 0.005 · held at the next step"
+        )
         await _stop(client)
         deadline = time.monotonic() + 30
         while not seen.ended and time.monotonic() < deadline:
@@ -88,7 +96,7 @@ async def test_a_duplicate_delivery_is_applied_exactly_once(trainer: Trainer) ->
         client.close()
     assert trainer.final()["lr"] == [pytest.approx(0.005)]  # halved once, not twice or three times
     acks = [r for r in file_records(trainer.run_file) if r.kind == "ack" and r.data.get("id") == fields["id"]]
-    assert [a.data["status"] for a in acks] == ["applied"]
+    assert [a.data["status"] for a in acks] == ["applied", "held"]  # and the check at the next step
 
 
 async def test_a_stuck_run_gives_no_answer_and_a_late_ack_still_counts(trainer: Trainer) -> None:

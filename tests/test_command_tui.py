@@ -14,10 +14,12 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from tuimon.app import TuimonApp, make_app
+from tuimon.control import describe
 from tuimon.messages import AlertActionRequested
 from tuimon.screens.command_dialog import (
     CommandDialog,
     ConfirmCommandDialog,
+    InterruptDialog,
     SetClipDialog,
     SetLRDialog,
     StopDialog,
@@ -144,6 +146,51 @@ async def test_stop_asks_for_confirmation_and_escape_keeps_training(trainer: Tra
     assert trainer.final()["stopped"]
     end = file_records(trainer.run_file)[-1]
     assert end.kind == "end" and "enough" in str(end.data)
+
+
+@pytest.mark.slow
+async def test_a_stop_the_loop_ignores_is_shown_and_interrupt_is_offered(tmp_path: Path) -> None:
+    trainer = Trainer(tmp_path, "--rate", "40", "--ignore-stop", name="ignores")
+    try:
+        trainer.line("STEP 3")
+        app = make_app(LiveSource(trainer.info, follow_restarts=False))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await _live(pilot)
+            await pilot.press("S", *"done", "enter")
+            # the loop goes on stepping: the follow-up says so and the confirmation for interrupt opens
+            await _until(pilot, lambda: isinstance(app.screen, InterruptDialog), "interrupt offered")
+            assert "does not read mon.should_stop" in str(app.screen.query_one("#note").render())
+            (stop,) = [c for c in app.state.commands.entries() if c.name == "stop"]
+            assert stop.status == "ignored" and "ignored" in describe(stop)
+            await pilot.press("escape")  # keep training: nothing sent; S offers it again
+            assert trainer.proc.poll() is None
+            await pilot.press("S")
+            assert isinstance(app.screen, InterruptDialog)
+            await pilot.press("enter")
+            await _until(pilot, lambda: app.state.ended, "the run ends")
+        rc = await asyncio.to_thread(trainer.proc.wait, 60)
+    finally:
+        trainer.stop()
+    assert rc != 0 and "KeyboardInterrupt" in trainer.proc.stderr.read()
+    end = file_records(trainer.run_file)[-1]
+    assert end.kind == "end" and end.data["reason"] == "interrupted" and end.data["stop_reason"] == "done"
+
+
+async def test_a_run_without_commands_says_so_instead_of_a_dialog(tmp_path: Path) -> None:
+    trainer = Trainer(tmp_path, "--rate", "40", "--no-optimizer", name="noopt")
+    try:
+        trainer.line("STEP 3")
+        app = make_app(LiveSource(trainer.info, follow_restarts=False))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await _until(pilot, lambda: app.status == "live" and bool(app.state.hello), "the run is live")
+            for key in ("l", "S", "p"):
+                await pilot.press(key)
+                assert app.screen is app.overview, key
+            await _until(pilot, lambda: len(_notes(app)) >= 3, "three notices")
+            assert all("takes no commands" in n and "without an optimizer" in n for n in _notes(app))
+            assert len(app.state.commands) == 0
+    finally:
+        trainer.stop()
 
 
 async def test_pause_toggles_and_checkpoint_sends_at_once(trainer: Trainer) -> None:

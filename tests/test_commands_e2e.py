@@ -132,11 +132,22 @@ def test_every_command_end_to_end(tmp_path: Path) -> None:
     assert all(metrics[s]["opt/clip"] == 0.05 and metrics[s]["opt/grad_norm_preclip"] > 0 for s in clipped)
     assert "loss" in metrics[clip["step"]]  # merged into the step's one metrics record
     acks = [r for r in recs if r.kind == protocol.ACK]
-    assert [(a.data["name"], a.data["status"]) for a in acks] == [
-        (name, "applied")
-        for name in ("set_lr", "set_weight_decay", "set_clip", "set_clip", "bump", "pause", "resume")
-        + ("checkpoint", "stop")
-    ]
+    names = (
+        "set_lr",
+        "set_weight_decay",
+        "set_clip",
+        "set_clip",
+        "bump",
+        "pause",
+        "resume",
+        "checkpoint",
+        "stop",
+    )
+    # set_lr and stop are followed up: the lr held at the next step, the loop left after stop
+    expected = [(name, "applied") for name in names]
+    expected.insert(1, ("set_lr", "held"))
+    assert [(a.data["name"], a.data["status"]) for a in acks] == [*expected, ("stop", "held")]
+    assert acks[1].step == lr["step"] + 1
     assert all(a.step == a.data["step"] for a in acks)
     cmds = [r.data for r in recs if r.kind == protocol.COMMAND]
     assert (

@@ -17,7 +17,7 @@ from tuimon_agent import commands
 
 from .control import CommandClient, CommandRequest, ReadOnly, TrackedCommand, describe
 from .messages import AlertActionRequested, CommandChanged
-from .screens.command_dialog import dialog_for
+from .screens.command_dialog import InterruptDialog, dialog_for
 from .screens.command_history import CommandHistoryScreen
 
 if TYPE_CHECKING:
@@ -48,6 +48,13 @@ class LiveCommandsMixin:
             return "read-only: this is a replay of a run file; commands go to live runs only"
         if getattr(self, "display_status", self.status) == "ended":
             return "read-only: the run has ended; commands go to live runs only"
+        hello = self.state.hello
+        if hello:  # its hello says whether it takes commands (a colleague's field, or no "commands" at all)
+            why = hello.get("commands_unavailable")
+            if isinstance(why, str) and why:
+                return f"this run takes no commands: {why}"
+            if "commands" not in hello:
+                return "this run takes no commands: it was watched without an optimizer"
         try:
             self._client()
         except ReadOnly as exc:
@@ -114,8 +121,33 @@ class LiveCommandsMixin:
         self.post_message(CommandChanged(cmd.id))  # type: ignore[attr-defined]
 
     def on_command_changed(self, message: CommandChanged) -> None:
-        """Repaint: a command this viewer sent changed state."""
+        """Repaint: a command this viewer sent changed state. A ``stop`` of ours that the loop ignores opens the
+        confirmation for ``interrupt`` (once)."""
         self._dirty = True
+        cmd = self.state.commands.get(message.command_id)
+        if cmd is not None and cmd.mine and cmd.name == "stop" and cmd.status == "ignored":
+            offered = self.__dict__.setdefault("_interrupt_offered", set())
+            if cmd.id not in offered:
+                offered.add(cmd.id)
+                self.offer_interrupt(cmd)
+
+    def ignored_stop(self) -> TrackedCommand | None:
+        """The latest ``stop`` the loop ignored (still stepping after it), if no ``interrupt`` came after it."""
+        for cmd in reversed(self.state.commands.entries()):
+            if cmd.name == "interrupt":
+                return None
+            if cmd.name == "stop" and cmd.status == "ignored":
+                return cmd
+        return None
+
+    def offer_interrupt(self, stop: TrackedCommand | None = None) -> None:
+        """Ask for confirmation, then send ``interrupt`` (KeyboardInterrupt at the next step)."""
+        reason = self.command_block_reason()
+        if reason is not None:
+            self._refuse(reason)
+            return
+        why = (stop.reason if stop is not None else None) or "the loop does not read mon.should_stop"
+        self.push_screen(InterruptDialog(note=why), self.send_command)  # type: ignore[attr-defined]
 
     def command_notice(self) -> str | None:
         """The notice line's word on the latest command (pending, then its outcome for a while), if any."""
@@ -202,8 +234,12 @@ class LiveCommandsMixin:
         self.open_command("checkpoint")
 
     def action_stop(self) -> None:
-        """Ask for confirmation, then stop the run gracefully."""
-        self.open_command("stop")
+        """Ask for confirmation, then stop the run gracefully; after a stop the loop ignored, offer ``interrupt``."""
+        stop = self.ignored_stop()
+        if stop is not None:
+            self.offer_interrupt(stop)
+        else:
+            self.open_command("stop")
 
     def action_command_history(self) -> None:
         """Show the run's command history (or close it)."""

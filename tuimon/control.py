@@ -58,6 +58,9 @@ VALUE_ARG = {"set_lr": "value", "set_clip": "max_norm", "set_weight_decay": "val
 """The argument each value-taking built-in reads from its one positional value."""
 WHAT = {"set_lr": "lr", "set_clip": "clip", "set_weight_decay": "weight decay"}
 """What a value-taking built-in changes, as the ack line names it."""
+FOLLOW_UPS = ("held", "overwritten", "ignored")
+"""Acks that follow an ``applied`` one with ``"follow_up": true``: the change lasted (``held``), the loop assigned
+its own lr over it (``overwritten``), or the loop went on stepping after ``stop`` (``ignored``)."""
 
 
 class ReadOnly(PermissionError):
@@ -92,7 +95,9 @@ class TrackedCommand:
         name: Its wire name.
         args: Its arguments.
         label: How to show it.
-        status: ``pending`` (sent, no reply yet), ``queued``, ``applied``, ``rejected`` or ``no answer``.
+        status: ``pending`` (sent, no reply yet), ``queued``, ``applied``, ``rejected``, ``no answer``, or after
+            ``applied``: ``overwritten`` (the loop put its own lr back) or ``ignored`` (the loop kept stepping after
+            ``stop``).
         step: The step it took effect at (``applied``).
         old: The value before (``applied``).
         new: The value after (``applied``).
@@ -114,11 +119,18 @@ class TrackedCommand:
     sent: float | None = None
     ts: float = 0.0
     mine: bool = False
+    follow_up: str | None = None
+    """``"pending"`` when the agent said it will check the change at the next step (or the loop's exit), then the
+    follow-up's status (``held``, ``overwritten``, ``ignored``)."""
+    note: str | None = None
+    """How the agent applied it (``set_lr`` through ``mon.lr_scale``, ``stop``'s caveat), when it said."""
+    counted: bool = False
+    """Whether its ``applied`` ack has been seen (it was counted once for the chart marker)."""
 
     @property
     def done(self) -> bool:
-        """Whether nothing more will happen to it (applied, rejected or unanswered)."""
-        return self.status in ("applied", "rejected", "no answer")
+        """Whether nothing more will happen to it (applied, rejected, unanswered, overwritten or ignored)."""
+        return self.status in ("applied", "rejected", "no answer", "overwritten", "ignored")
 
 
 # -- parsing and describing ------------------------------------------------------------------------------------------
@@ -141,6 +153,8 @@ def label_of(name: str, args: dict[str, Any]) -> str:
     if name in VALUE_ARG:
         if "scale" in args:
             text = f"{name} ×{_fmt(args['scale'])}"
+        elif VALUE_ARG[name] not in args:  # known only from an ack: no value to show
+            text = name
         else:
             text = f"{name} {_fmt(args.get(VALUE_ARG[name]))}"
         if args.get("group") is not None:
@@ -288,11 +302,25 @@ def describe(cmd: TrackedCommand) -> str:
     ``set_lr 0.0003 … pending``; ``set_lr 0.0003 queued``; ``set_lr applied at step 1234: lr 0.001 → 0.0003``;
     ``set_lr 0.0003 rejected: invalid value nan``; ``set_lr 0.0003: no answer …``.
     """
+    if cmd.status in ("overwritten", "ignored"):
+        return f"{cmd.label} {cmd.reason or cmd.status}"
     if cmd.status == "applied":
         step = f"step {cmd.step:,}" if isinstance(cmd.step, int) else "the next step"
         text = f"{cmd.name} applied at {step}"
-        if cmd.old is not None or cmd.new is not None:
+        if cmd.name in ("stop", "interrupt"):
+            pass
+        elif cmd.old is not None or cmd.new is not None:
             text += f": {WHAT.get(cmd.name, cmd.name)} {_fmt(cmd.old)} → {_fmt(cmd.new)}"
+        if cmd.note:
+            text += f" ({cmd.note})"
+        if cmd.follow_up == "held":
+            text += " · the loop left" if cmd.name == "stop" else " · held at the next step"
+        elif cmd.follow_up == "pending":
+            text += (
+                " · checking the next step …"
+                if cmd.name == "set_lr"
+                else " · waiting for the loop to leave …"
+            )
         return text
     if cmd.status == "rejected":
         return f"{cmd.label} rejected: {cmd.reason or 'no reason given'}"
@@ -388,18 +416,39 @@ class CommandLog:
             The command it is about, or ``None`` when it has no usable id or status.
         """
         cid, status = data.get("id"), data.get("status")
-        if not isinstance(cid, str) or status not in ("queued", "applied", "rejected"):
+        if not isinstance(cid, str) or status not in ("queued", "applied", "rejected", *FOLLOW_UPS):
             return None
         cmd = self._entry(cid, data.get("name"))
-        if status == "queued" and cmd.status in ("applied", "rejected"):
+        if status in FOLLOW_UPS:
+            if cmd.follow_up in FOLLOW_UPS:
+                return cmd  # a repeated follow-up changes nothing
+            cmd.follow_up = status
+            if status != "held":
+                cmd.status = status
+                reason = data.get("reason")
+                cmd.reason = str(reason) if reason is not None else status
+            cmd.ts = ts if ts is not None else time.time()
+            self.version += 1
+            return cmd
+        if status == "queued" and (cmd.status in ("applied", "rejected") or cmd.counted):
             return cmd  # a late or repeated queued never undoes the outcome
-        if cmd.status == "applied" and status == "applied":
+        if cmd.counted and status == "applied":
             return cmd  # exactly once: a duplicate ack changes nothing
-        cmd.status = status
+        if status == "applied" and cmd.follow_up in ("overwritten", "ignored"):
+            pass  # the applied ack came after its follow-up: keep the follow-up's status, count it below
+        else:
+            cmd.status = status
         if status == "applied":
+            cmd.counted = True
             step = data.get("step")
             cmd.step = step if isinstance(step, int) and not isinstance(step, bool) else None
             cmd.old, cmd.new = data.get("old"), data.get("new")
+            if cmd.follow_up is None and data.get("follow_up"):
+                cmd.follow_up = "pending"
+            if isinstance(data.get("note"), str):
+                cmd.note = data["note"]
+            elif data.get("how") == "lr_scale" and isinstance(data.get("lr_scale"), (int, float)):
+                cmd.note = f"through mon.lr_scale, now ×{data['lr_scale']:.4g}"
             self.applied.append(cmd)
             del self.applied[: max(0, len(self.applied) - self._keep)]
             if self._on_applied is not None:
@@ -632,16 +681,32 @@ class CommandClient:
         Use it instead of :meth:`run` (scripts, benchmarks), not beside it.
         """
         wanted = set(until)
-        final = {"applied", "rejected"} | (set() if past_no_answer else {"no answer"})
+        final = {"applied", "rejected", "overwritten", "ignored"} | (
+            set() if past_no_answer else {"no answer"}
+        )
         deadline = time.monotonic() + timeout
         while cmd.status not in wanted and cmd.status not in final:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            if await self._sock.poll(max(1, int(min(left, 0.2) * 1000))):
-                self.handle((await self._sock.recv_multipart())[-1])
-            self.expire()
+            await self._receive(left)
         return cmd
+
+    async def wait_follow_up(self, cmd: TrackedCommand, *, timeout: float) -> TrackedCommand:
+        """After an ``applied`` ack that promised a follow-up: receive replies until it comes (``held``,
+        ``overwritten``, ``ignored``) or ``timeout`` seconds pass (``cmd.follow_up`` then stays ``"pending"``)."""
+        deadline = time.monotonic() + timeout
+        while cmd.follow_up == "pending":
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await self._receive(left)
+        return cmd
+
+    async def _receive(self, left: float) -> None:
+        if await self._sock.poll(max(1, int(min(left, 0.2) * 1000))):
+            self.handle((await self._sock.recv_multipart())[-1])
+        self.expire()
 
     def close(self) -> None:
         """Close the socket (and the context, when this client made it); safe to call twice."""

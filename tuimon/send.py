@@ -11,9 +11,14 @@ Examples::
     tuimon send digits my_command k=2 flag=true
 
 Prints the ack (``applied at step 1234: lr 0.001 → 0.0003``) and exits 0 once the training thread has applied the
-command. Exits 1 when the agent rejects it (the reason on stderr) or it is not applied within ``--timeout``; 2 when
-the command or its value is invalid before sending, or the run cannot take commands (not live, or its connection
-file is not readable by this user). Never imports Textual.
+command. ``set-lr`` and ``stop`` then wait (``--follow-up`` seconds at most) for the agent's word on whether the
+change lasted: a ``set-lr`` the loop overwrote at the next step, or a ``stop`` the loop ignored (still stepping
+:data:`tuimon_agent.control.STOP_IGNORED_AFTER` steps later), exits 1 with the reason and the fix
+(``mon.lr_scale``; ``stop --force``). ``stop --force`` sends ``interrupt``: ``KeyboardInterrupt`` in the training
+thread at the next step boundary (``--checkpoint`` saves one first). Exits 1 when the agent rejects it (the reason
+on stderr) or it is not applied within ``--timeout``; 2 when the command or its value is invalid before sending, or
+the run cannot take commands (not live, its connection file is not readable by this user, or its hello says it
+takes none: answered at once with the reason). Never imports Textual.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from .runs import RunNotFound, resolve
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds ``tuimon send`` waits for the applied ack by default."""
+DEFAULT_FOLLOW_UP = 10.0
+"""Seconds ``tuimon send`` waits after ``applied`` for the follow-up (did a ``set-lr`` hold, did the loop leave
+after ``stop``)."""
 
 
 def _fail(message: str, code: int) -> int:
@@ -67,6 +75,30 @@ def custom_specs(info: discovery.ConnectionInfo) -> dict[str, commands.CommandSp
     return specs
 
 
+def no_commands_reason(info: discovery.ConnectionInfo) -> str | None:
+    """Why the run takes no commands, from its hello (run file), or ``None`` when it takes them or the hello
+    cannot be read (the agent then answers the command itself).
+
+    A hello with ``commands_unavailable`` gives that reason; a hello without ``commands`` (no optimizer was
+    watched) says so.
+    """
+    if not info.run_file:
+        return None
+    try:
+        with RunFileReader(info.run_file) as reader:
+            hello = reader.meta.get("hello")
+    except (OSError, ValueError, sqlite3.Error):
+        return None
+    if not isinstance(hello, dict):
+        return None
+    why = hello.get("commands_unavailable")
+    if isinstance(why, str) and why:
+        return f"this run takes no commands: {why}"
+    if "commands" not in hello:
+        return "this run takes no commands: it was watched without an optimizer (watch(model, optimizer) takes them)"
+    return None
+
+
 def add_parser(sub: Any) -> None:
     """Register ``send`` on the ``tuimon`` command's subparsers."""
     s = sub.add_parser(
@@ -82,6 +114,22 @@ def add_parser(sub: Any) -> None:
     s.add_argument("values", metavar="VALUE", nargs="*", help="the value, or key=value arguments")
     s.add_argument("--group", type=int, help="param group (set-lr, set-wd; default every group)")
     s.add_argument("--reason", help="stop: why (recorded in the run file)")
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="stop: send interrupt, which raises KeyboardInterrupt in the training thread at the next step "
+        "(for a loop that ignores mon.should_stop)",
+    )
+    s.add_argument(
+        "--checkpoint", action="store_true", help="stop --force / interrupt: save a checkpoint first"
+    )
+    s.add_argument(
+        "--follow-up",
+        type=float,
+        default=DEFAULT_FOLLOW_UP,
+        help="set-lr, stop: seconds to wait after applied for whether it lasted "
+        f"(default {DEFAULT_FOLLOW_UP:g}; 0: do not wait)",
+    )
     s.add_argument(
         "--timeout",
         type=float,
@@ -102,10 +150,19 @@ def cmd_send(args: argparse.Namespace) -> int:
         return _fail(f"{args.run} is not live (its run file is {target}): commands go to live runs only", 2)
     if not target.alive():
         return _fail(f"{args.run} is not live: its process (pid {target.pid}) is gone", 2)
+    why = no_commands_reason(target)
+    if why is not None:
+        return _fail(why, 2)
+    name = args.name
+    if args.force or args.checkpoint:
+        if name not in ("stop", "interrupt"):
+            return _fail(f"--force and --checkpoint go with stop (or interrupt), not {name}", 2)
+        name = "interrupt"
+    values = list(args.values)
+    if name == "interrupt" and args.checkpoint:
+        values.append("checkpoint=true")
     try:
-        req = parse_command(
-            args.name, list(args.values), group=args.group, reason=args.reason, specs=custom_specs(target)
-        )
+        req = parse_command(name, values, group=args.group, reason=args.reason, specs=custom_specs(target))
     except ValueError as exc:
         return _fail(str(exc), 2)
     try:
@@ -119,6 +176,8 @@ async def _send(info: discovery.ConnectionInfo, req: Any, args: argparse.Namespa
     try:
         cmd = client.submit(req)
         await client.wait(cmd, until=("applied", "rejected"), timeout=args.timeout)
+        if cmd.follow_up == "pending" and args.follow_up > 0:
+            await client.wait_follow_up(cmd, timeout=args.follow_up)
     finally:
         client.close()
     if args.json:
@@ -133,6 +192,8 @@ async def _send(info: discovery.ConnectionInfo, req: Any, args: argparse.Namespa
                     "old": cmd.old,
                     "new": cmd.new,
                     "reason": cmd.reason,
+                    "follow_up": cmd.follow_up,
+                    "note": cmd.note,
                 }
             )
         )

@@ -268,7 +268,21 @@ COMMANDS: dict[str, CommandSpec] = {
     "stop": CommandSpec(
         "stop",
         (ArgSpec("reason", "str", required=False, help="why (recorded in the run file)"),),
-        help="stop gracefully: mon.should_stop becomes true",
+        help="stop gracefully: sets mon.should_stop (the loop must read it; reported if it keeps stepping)",
+    ),
+    "interrupt": CommandSpec(
+        "interrupt",
+        (
+            ArgSpec("reason", "str", required=False, help="why (recorded in the run file)"),
+            ArgSpec(
+                "checkpoint",
+                "bool",
+                required=False,
+                default=False,
+                help="save a checkpoint first (the checkpoint command's handler)",
+            ),
+        ),
+        help="stop a loop that ignores stop: KeyboardInterrupt in the training thread at the next step",
     ),
 }
 """The built-in commands. Custom ``@mon.command`` ones are listed per run (``hello`` / ``commands`` records)."""

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ from .commands import ArgSpec, CommandSpec
 PAUSE_POLL = 0.25
 """Seconds between two looks at the queue while paused (and between two broadcasts under torch.distributed, so no
 rank waits long enough in a collective to trip its timeout)."""
+STOP_IGNORED_AFTER = 3
+"""Optimizer steps a loop may take after the step at which ``stop`` was applied before the stop is reported as
+ignored (the loop does not read ``mon.should_stop``) and ``interrupt`` is offered."""
+INTERRUPT_FLUSH = 1.0
+"""Seconds at most ``interrupt`` waits for the agent thread to take its ack (recorded, sent) before raising."""
+LR_RTOL = 1e-6
+"""Relative difference between a group's lr and the value ``set_lr`` put there that counts as overwritten."""
 
 
 def _warn(message: str) -> None:
@@ -123,6 +131,18 @@ class Controller:
         self.checkpoint_fn: Callable[[int], Any] | None = None
         self.schedulers: list[Any] = []
         self._warned_amp = False
+        self.lr_scale = 1.0
+        """The live factor on the user's own schedule (``mon.lr_scale``); ``set_lr`` changes it once it is used."""
+        self.lr_scale_used = False
+        """Whether the loop read ``mon.lr_scale`` (directly or through ``mon.schedule``)."""
+        self._lr_check: tuple[str, int, dict[int, float], Any] | None = None
+        """``(id, step, {group: lr set}, reply_to)`` of the latest ``set_lr`` applied to the groups directly, checked
+        at the next step's pre-hook (did the loop overwrite it?)."""
+        self._stop_check: tuple[str, int, Any] | None = None
+        """``(id, step, reply_to)`` of an applied ``stop`` whose loop has not left yet."""
+        self._interrupt = False
+        self.interrupted = False
+        """Whether an ``interrupt`` command was applied (the end record says so)."""
 
     # -- registration (training thread, before or during the run) --------------------------------------------------
 
@@ -154,8 +174,13 @@ class Controller:
     # -- the step boundary (training thread) -------------------------------------------------------------------------
 
     def pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """The optimizer step pre-hook: apply what is queued, wait while paused, clip."""
+        """The optimizer step pre-hook: check the latest ``set_lr`` and ``stop`` held, apply what is queued, wait
+        while paused, clip; then raise ``KeyboardInterrupt`` when an ``interrupt`` was applied."""
         try:
+            if self._lr_check is not None:
+                self._check_lr()
+            if self._stop_check is not None:
+                self._check_stop()
             if self.sync is not None:
                 self._apply_all(self._exchange())
             elif self.pending:
@@ -171,6 +196,86 @@ class Controller:
                 self._clip(kwargs)
         except Exception as exc:  # never into the training loop
             _warn(f"live commands: {type(exc).__name__}: {exc}; training goes on")
+        if self._interrupt:
+            # An ``interrupt`` the user confirmed: leave the loop as Ctrl-C would, at this step boundary (its ack
+            # and any checkpoint are already queued for the agent thread; close() at exit writes the end record).
+            self._interrupt = False
+            deadline = time.monotonic() + INTERRUPT_FLUSH
+            while (
+                self.done and time.monotonic() < deadline
+            ):  # the ack reaches the run file and the sender first
+                time.sleep(0.005)
+            raise KeyboardInterrupt("tuimon: interrupt command (the loop did not read mon.should_stop)")
+
+    def _follow_up(self, cmd_id: str, name: str, status: str, step: int, to: Any, **fields: Any) -> None:
+        """Report what became of an applied command (rank 0): ``held``, ``overwritten`` or ``ignored``."""
+        if self.rank == 0:
+            self.done.append(
+                {"id": cmd_id, "name": name, "status": status, "step": step, "_to": to, **fields}
+            )
+
+    def _check_lr(self) -> None:
+        """At the step after a ``set_lr``: is each group's lr still the value set (or what a watched scheduler
+        made of it)? A loop that assigns ``param_group["lr"]`` each iteration has overwritten it."""
+        assert self._lr_check is not None
+        cmd_id, _applied_at, expected, to = self._lr_check
+        self._lr_check = None
+        groups = self.optimizer.param_groups
+        step = self.step_of()
+        sched_lrs = self._scheduler_lrs()
+        found: dict[int, float] = {}
+        for g, want in expected.items():
+            if g >= len(groups):
+                continue
+            now = float(groups[g]["lr"])
+            if math.isclose(now, want, rel_tol=LR_RTOL):
+                continue
+            if any(g < len(lrs) and math.isclose(now, float(lrs[g]), rel_tol=LR_RTOL) for lrs in sched_lrs):
+                continue  # a watched scheduler stepped: it carries the change on
+            found[g] = now
+        if not found:
+            self._follow_up(cmd_id, "set_lr", "held", step, to)
+            return
+        g0 = next(iter(found))
+        reason = (
+            f"overwritten by the training loop at step {step}: group {g0} lr is {found[g0]:.6g}, not the "
+            f"{expected[g0]:.6g} set (the loop assigns param_group['lr'] itself). To make set_lr persist, multiply "
+            "your schedule by mon.lr_scale (lr = get_lr(it) * mon.lr_scale) or wrap it: get_lr = mon.schedule(get_lr)"
+        )
+        self._follow_up(
+            cmd_id,
+            "set_lr",
+            "overwritten",
+            step,
+            to,
+            reason=reason,
+            expected={str(g): expected[g] for g in found},
+            found={str(g): v for g, v in found.items()},
+            fix="lr_scale",
+        )
+
+    def _scheduler_lrs(self) -> list[list[Any]]:
+        out = []
+        for s in self._all_schedulers():
+            lrs = getattr(s, "_last_lr", None)
+            if isinstance(lrs, (list, tuple)):
+                out.append(list(lrs))
+        return out
+
+    def _check_stop(self) -> None:
+        """Each step after a ``stop``: a loop still stepping :data:`STOP_IGNORED_AFTER` steps later ignores it."""
+        assert self._stop_check is not None
+        cmd_id, applied_at, to = self._stop_check
+        step = self.step_of()
+        if step - applied_at < STOP_IGNORED_AFTER:
+            return
+        self._stop_check = None
+        reason = (
+            f"ignored: the loop took {step - applied_at} more optimizer steps after stop (applied at step "
+            f"{applied_at}); it does not read mon.should_stop. Escalate with interrupt (tuimon send RUN stop "
+            "--force): KeyboardInterrupt raised in the training thread at the next step, as Ctrl-C would"
+        )
+        self._follow_up(cmd_id, "stop", "ignored", step, to, reason=reason, applied_step=applied_at)
 
     def _take(self) -> list[tuple[str, str, dict[str, Any], Any]]:
         out = []
@@ -207,7 +312,12 @@ class Controller:
         return self.sync.exchange(None)
 
     def abandon(self, reason: str) -> None:
-        """Reject every command taken but not applied (rank 0; called when the run closes)."""
+        """Reject every command taken but not applied (rank 0; called when the run closes); a ``stop`` the loop
+        left on is reported ``held``."""
+        if self._stop_check is not None:
+            cmd_id, applied_at, to = self._stop_check
+            self._stop_check = None
+            self._follow_up(cmd_id, "stop", "held", self.step_of() - 1, to, applied_step=applied_at)
         items = self._take()
         if self.sync is not None:
             items = self.sync.take_announced() + items
@@ -231,6 +341,7 @@ class Controller:
             step = self.step_of()
             try:
                 old, new, extra = self._apply(name, args, step)
+                self._watch(cmd_id, name, step, to, extra)
                 result = {
                     "id": cmd_id,
                     "name": name,
@@ -255,6 +366,20 @@ class Controller:
         if checkpoint and self.sync is not None:
             self.sync.barrier()  # the other ranks wait until rank 0 has written the checkpoint
 
+    def _watch(self, cmd_id: str, name: str, step: int, to: Any, extra: dict[str, Any]) -> None:
+        """After applying: follow a direct ``set_lr`` to the next step, a ``stop`` until the loop leaves."""
+        if name == "set_lr":
+            direct = extra.get("how") != "lr_scale"
+            self._lr_check = (
+                (cmd_id, step, dict(zip(extra["groups"], extra["new_all"], strict=True)), to)
+                if direct
+                else None
+            )
+            extra["follow_up"] = direct
+        elif name == "stop":
+            self._stop_check = (cmd_id, step, to)
+            extra["follow_up"] = True
+
     def _groups(self, args: dict[str, Any]) -> list[int]:
         n = len(self.optimizer.param_groups)
         g = args.get("group")
@@ -273,7 +398,7 @@ class Controller:
             for v in new:
                 if not (math.isfinite(v) and v > 0):
                     raise ValueError(f"the new lr={v!r} is not a finite number > 0")
-            scheds = self._all_schedulers()
+            scheds = [] if self.lr_scale_used else self._all_schedulers()
             adjusted: list[str] = []
             for g, o, n in zip(groups, old, new, strict=True):
                 group = opt.param_groups[g]
@@ -282,9 +407,24 @@ class Controller:
                     lr.fill_(n)
                 else:
                     group["lr"] = n
-                if o > 0:
-                    adjusted = _schedulers.rescale(opt, scheds, [g], n / o)
-            extra = {"groups": groups, "old_all": old, "new_all": new, "schedulers": sorted(set(adjusted))}
+                if o > 0 and scheds:
+                    adjusted += _schedulers.rescale(opt, scheds, [g], n / o)
+            extra: dict[str, Any] = {
+                "groups": groups,
+                "old_all": old,
+                "new_all": new,
+                "schedulers": sorted(set(adjusted)),
+            }
+            if self.lr_scale_used and old[0] > 0:
+                # The loop multiplies its own schedule by mon.lr_scale: the change persists through the scale
+                # (one factor for the run: the first changed group's ratio).
+                old_scale = self.lr_scale
+                self.lr_scale = old_scale * new[0] / old[0]
+                extra.update(how="lr_scale", lr_scale_old=old_scale, lr_scale=self.lr_scale)
+            elif adjusted:
+                extra["how"] = "scheduler"
+            else:
+                extra["how"] = "param_groups"
             return old[0], new[0], extra
         if name == "set_weight_decay":
             groups = self._groups(args)
@@ -309,7 +449,18 @@ class Controller:
             self.should_stop = True
             self.paused = False
             self.stop_reason = args.get("reason") or "stop command"
-            return old_s, True, {"reason": self.stop_reason}
+            note = "mon.should_stop is set: the loop leaves only if it reads it"
+            return old_s, True, {"reason": self.stop_reason, "note": note}
+        if name == "interrupt":
+            self.should_stop = True
+            self.paused = False
+            self.stop_reason = args.get("reason") or self.stop_reason or "interrupt command"
+            self.interrupted = True
+            self._stop_check = None
+            path = self._checkpoint(step) if args.get("checkpoint") and self.rank == 0 else None
+            self._interrupt = True
+            note = "KeyboardInterrupt raised in the training thread at this step boundary"
+            return None, True, {"reason": self.stop_reason, "path": path, "note": note}
         if name == "checkpoint":
             path = self._checkpoint(step) if self.rank == 0 else None
             return None, path, {"path": path}

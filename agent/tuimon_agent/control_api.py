@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,12 +21,17 @@ class ControlMixin:
     _control: Any = None
     _hooks: list[Any]
     run_dir: Any
+    _no_commands: str | None = None
+    """Why the optimizer took no controller (set by :meth:`_install_control`)."""
+    _warned_no_commands = False
 
     def _install_control(
         self, model: Any, optimizer: Any, scheduler: Any, *, hello: dict[str, Any] | None
     ) -> bool:
         """Create the controller and register its step pre-hook; returns whether it was installed."""
         if optimizer is None or not hasattr(optimizer, "register_step_pre_hook"):
+            if optimizer is not None:
+                self._no_commands = f"{type(optimizer).__name__} has no register_step_pre_hook"
             return False
         from . import control_ddp
         from .control import Controller
@@ -55,7 +62,62 @@ class ControlMixin:
         c = self._control
         if c is None or not c.should_stop:
             return {"reason": reason}
-        return {"reason": "stopped" if reason == "closed" else reason, "stop_reason": c.stop_reason}
+        out = {"reason": "stopped" if reason == "closed" else reason, "stop_reason": c.stop_reason}
+        if c.interrupted:
+            out["interrupt"] = True  # the loop ignored stop; KeyboardInterrupt was raised at a step boundary
+        return out
+
+    def commands_unavailable(self) -> str | None:
+        """Why this monitor takes no live commands, or ``None`` when it does."""
+        if self._control is not None:
+            return None
+        if os.environ.get("TUIMON_DISABLE"):
+            return "TUIMON_DISABLE is set: the monitor is off"
+        if self._no_commands:
+            return self._no_commands
+        if getattr(self, "_failed", False):
+            return "the monitor turned itself off"
+        return "watch() was given no optimizer: commands apply at its step"
+
+    def _unavailable(self, what: str) -> None:
+        """Warn once that ``what`` does nothing on this monitor, and why (never raises)."""
+        if self._warned_no_commands:
+            return
+        self._warned_no_commands = True
+        try:
+            print(
+                f"tuimon: {what}: live commands are unavailable ({self.commands_unavailable()}); "
+                "the script runs on without them",
+                file=sys.stderr,
+                flush=True,
+            )
+        except Exception:
+            pass
+
+    @property
+    def lr_scale(self) -> float:
+        """A live factor for the loop's own learning-rate schedule (1.0 until a ``set_lr`` changes it).
+
+        A loop that assigns ``param_group["lr"] = get_lr(it)`` every iteration overwrites a live ``set_lr`` at the
+        next step; multiply by this instead (``lr = get_lr(it) * mon.lr_scale``) and ``set_lr`` persists: once the
+        loop has read it, ``set_lr`` sets the group's lr for the step being taken *and* multiplies this scale by
+        new/old, so the schedule goes on from the new level. :meth:`schedule` wraps a schedule function likewise.
+        """
+        c = self._control
+        if c is None:
+            return 1.0
+        c.lr_scale_used = True
+        return float(c.lr_scale)
+
+    def schedule(self, fn: Callable[..., float]) -> Callable[..., float]:
+        """Wrap a learning-rate schedule function so that a live ``set_lr`` persists: the wrapper returns
+        ``fn(...) * mon.lr_scale`` (see :attr:`lr_scale`). Example: ``get_lr = mon.schedule(get_lr)``."""
+
+        @functools.wraps(fn)
+        def scheduled(*args: Any, **kwargs: Any) -> float:
+            return fn(*args, **kwargs) * self.lr_scale
+
+        return scheduled
 
     @property
     def should_stop(self) -> bool:
@@ -85,16 +147,18 @@ class ControlMixin:
             name: The command's name (default: the function's name).
             help: One line for the viewer (default: the docstring's first line).
 
+        Without commands (no optimizer watched, ``TUIMON_DISABLE``, the monitor off) the function is returned
+        unchanged, still callable by the script, with one warning saying why.
+
         Raises:
-            ValueError: No optimizer was watched, or the name is invalid or a built-in's.
+            ValueError: The name is invalid or a built-in's.
             TypeError: A parameter lacks a supported annotation.
         """
 
         def register(fn: F) -> F:
             if self._control is None:
-                raise ValueError(
-                    "@mon.command needs watch(model, optimizer, ...): commands apply at its step"
-                )
+                self._unavailable(f"@mon.command({(name or getattr(fn, '__name__', '?'))!r})")
+                return fn
             self._control.register(name or fn.__name__, fn, help)
             return fn
 
@@ -106,6 +170,8 @@ class ControlMixin:
         decorator (:meth:`checkpoint_handler` is the same)."""
         if self._control is not None:
             self._control.checkpoint_fn = fn
+        else:
+            self._unavailable("mon.on_checkpoint")
         return fn
 
     checkpoint_handler = on_checkpoint
@@ -115,3 +181,5 @@ class ControlMixin:
         optimizer are also found on their own)."""
         if self._control is not None:
             self._control.schedulers.extend(s for s in schedulers if s is not None)
+        else:
+            self._unavailable("mon.watch_scheduler")

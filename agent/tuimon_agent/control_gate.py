@@ -6,7 +6,8 @@ again, the command is never applied twice), replay (``seq`` not strictly greater
 staleness (``|now - ts| > MAX_CLOCK_SKEW``) and validation (name, group, arguments, values). It is then appended
 to the :class:`~tuimon_agent.control.Controller`'s queue and acked ``queued``, or acked ``rejected`` with the
 reason. Every request becomes a ``command`` record; every result the training thread reports becomes an ``ack``
-record and an ``applied`` (or ``rejected``) ack to the sender.
+record and an ``applied`` (or ``rejected``) ack to the sender, and later, for ``set_lr`` and ``stop``, a
+follow-up (``held``, ``overwritten``, ``ignored``) recorded and sent the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from .commands import CommandRejected
 
 ACK = "ack"
 """The ephemeral reply kind (ROUTER → the sender's DEALER)."""
+FOLLOW_UPS = ("held", "overwritten", "ignored")
+"""Acks that follow an applied one (``control.Controller``'s checks of ``set_lr`` and ``stop``)."""
 SEEN_IDS = 10_000
 """Command ids whose latest ack is remembered for duplicates."""
 
@@ -162,7 +165,8 @@ class CommandGate:
             to = result.pop("_to", None)
             self._emit(protocol.ACK, result.get("step"), time.time(), result)
             ack = result
-            if result.get("id") is not None:
+            # A duplicate is answered with the outcome (applied), not with a follow-up about it.
+            if result.get("id") is not None and result.get("status") not in FOLLOW_UPS:
                 self._remember(result["id"], ack)
             if to is not None:
                 self._reply(to, ACK, ack)

@@ -175,7 +175,11 @@ ACK = "ack"
 it took effect. ``set_lr``/``set_weight_decay`` acks also carry ``"groups": [int], "old_all": [float]`` (and
 ``"new_all"``, ``"schedulers": [str]`` for ``set_lr``), ``checkpoint`` ``"path"``, ``stop`` ``"reason"``. Also the
 ephemeral reply kind (agent → the sender): ``{"id", "status": "queued"}``, ``{"id", "status": "rejected",
-"reason"}``, then ``{"id", "status": "applied", "step", "old", "new", ...}``."""
+"reason"}``, then ``{"id", "status": "applied", "step", "old", "new", ...}``. An applied ack with
+``"follow_up": true`` (``set_lr`` set on the groups, ``stop``) is followed by one more ack for the same id:
+``"held"`` (the change lasted to the next step; the loop left after ``stop``), ``"overwritten"`` (the loop assigned
+its own lr; ``"reason"``, ``"expected"``, ``"found"``) or ``"ignored"`` (still stepping after ``stop``;
+``"reason"``). ``set_lr`` acks say ``"how"``: ``"param_groups"``, ``"scheduler"`` or ``"lr_scale"``."""
 COMMANDS = "commands"
 """The run's custom commands (``@mon.command``), sent again whenever one is registered:
 ``d = {"commands": [CommandSpec.to_data(), ...]}`` (the ``hello`` record's ``commands`` field holds those known at

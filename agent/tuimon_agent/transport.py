@@ -569,6 +569,11 @@ class AgentThread(threading.Thread):
             self._reply(ident, protocol.SNAPSHOT, self._snapshot(after, min(limit, SNAPSHOT_LIMIT)))
         elif req.kind == protocol.COMMAND and self._gate is not None:
             self._gate.receive(ident, len(body), req.data)
+        elif req.kind == protocol.COMMAND:  # a run without commands answers at once, with the hello's reason
+            why = self.cfg.hello.get("commands_unavailable") or "watch() was given no optimizer"
+            cid = req.data.get("id") if isinstance(req.data.get("id"), str) else None
+            reason = f"no commands: {why}"
+            self._reply(ident, protocol.ACK, {"id": cid, "status": "rejected", "reason": reason})
         else:
             self._reply(ident, protocol.ERROR, {"message": f"unknown request kind {req.kind!r}"})
 

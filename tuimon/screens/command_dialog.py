@@ -271,6 +271,31 @@ class StopDialog(CommandDialog):
         return CommandRequest("stop", args), None
 
 
+class InterruptDialog(CommandDialog):
+    """Confirm ``interrupt`` for a loop that ignores ``stop``: ``KeyboardInterrupt`` in the training thread at the
+    next step boundary, as Ctrl-C would (the run file is completed by the monitor's exit handling). Typing
+    ``checkpoint`` (or ``c``) saves one first."""
+
+    def __init__(self, *, note: str | None = None) -> None:
+        super().__init__(
+            "interrupt the training loop?",
+            "raises KeyboardInterrupt in the training thread at the next optimizer step, as Ctrl-C would · "
+            "type 'checkpoint' to save one first (optional):",
+            note=note,
+            placeholder="checkpoint (optional)",
+        )
+
+    def on_mount(self) -> None:
+        self.query_one("#dialog").border_subtitle = "enter interrupt · escape keep training"
+
+    def build(self) -> tuple[CommandRequest, str | None]:
+        text = self.query_one("#value", Input).value.strip().lower()
+        if text not in ("", "c", "checkpoint", "ckpt", "yes", "no"):
+            raise ValueError(f"type 'checkpoint' or leave it empty, not {text!r}")
+        args = {"checkpoint": True} if text in ("c", "checkpoint", "ckpt", "yes") else {}
+        return CommandRequest("interrupt", commands.validate("interrupt", args)), None
+
+
 class ConfirmCommandDialog(CommandDialog):
     """Confirm one exact command (an alert's suggestion that takes no value, or a palette pick).
 
@@ -410,6 +435,8 @@ def dialog_for(
         )
     if name == "stop":
         return StopDialog(note=note, reason=str(a.get("reason", "")))
+    if name == "interrupt":
+        return InterruptDialog(note=note)
     if name in commands.COMMANDS:
         if not a and note is None:
             return None

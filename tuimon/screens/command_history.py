@@ -24,6 +24,8 @@ _STATUS_STYLE = {
     "applied": "green",
     "rejected": "red",
     "no answer": "red",
+    "overwritten": "red",
+    "ignored": "red",
     "queued": "yellow",
     "pending": "yellow",
 }
@@ -38,7 +40,7 @@ def history_lines(entries: list[TrackedCommand]) -> Text:
     for i, cmd in enumerate(reversed(entries)):
         when = time.strftime("%H:%M:%S", time.localtime(cmd.ts)) if cmd.ts else "--:--:--"
         text.append(f"{when} ", style="dim")
-        text.append(f"{cmd.status:<9} ", style=_STATUS_STYLE.get(cmd.status, ""))
+        text.append(f"{cmd.status:<11} ", style=_STATUS_STYLE.get(cmd.status, ""))
         text.append(describe(cmd))
         if i < len(entries) - 1:
             text.append("\n")
