@@ -75,6 +75,34 @@ def test_tail_and_export_of_a_finished_run(tmp_path: Path, capsys: pytest.Captur
     assert first["kind"] == protocol.HELLO and first["name"] == "cli-run"
 
 
+def test_tail_summarises_bulky_records_and_filters_by_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tuimon_agent.watch(model, opt, run="bulky", dir=tmp_path, stats_every=2, hist_every=2) as mon:
+        for _ in range(6):
+            loss = model(torch.randn(8, 64)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss)
+    assert mon.run_file is not None
+    assert cli.main(["tail", str(mon.run_file), "-n", "1000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(" histograms " in line for line in lines) and any(" param_stats " in line for line in lines)
+    assert max(len(line) for line in lines) < 400  # histograms and statistics summarised, not kilobytes
+    assert cli.main(["tail", str(mon.run_file), "--kind", "histograms", "-n", "2"]) == 0
+    hist_lines = capsys.readouterr().out.splitlines()
+    assert len(hist_lines) == 2 and all(line.split()[1] == "histograms" for line in hist_lines)
+    assert cli.main(["tail", str(mon.run_file), "--kind", "metrics,end", "-n", "100"]) == 0
+    kinds = {line.split()[1] for line in capsys.readouterr().out.splitlines()}
+    assert kinds == {"metrics", "end"}
+    assert cli.main(["tail", str(mon.run_file), "--kind", "histograms", "-n", "1", "--full"]) == 0
+    assert len(capsys.readouterr().out) > 1000  # --full prints every bin
+
+
 def test_clear_messages_for_what_is_not_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 1
     assert "no live tuimon run on this machine" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import csv
 import json
@@ -192,8 +193,29 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def format_record(rec: protocol.Record, *, as_json: bool) -> str:
-    """One line for ``tuimon tail``."""
+def _brief(value: Any, depth: int = 0) -> str:
+    """A value for a ``tail`` line: arrays as ``float32[22x32]``, long lists and deep maps summarised."""
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return f"{value.dtype}[{'x'.join(str(n) for n in value.shape)}]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        if len(value) > 8 or depth >= 2:
+            return f"[{len(value)} items]"
+        return "[" + ", ".join(_brief(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        if len(value) > 8 or depth >= 2:
+            return f"{{{len(value)} keys}}"
+        return "{" + ", ".join(f"{k}: {_brief(v, depth + 1)}" for k, v in value.items()) + "}"
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    text = str(value)
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
+def format_record(rec: protocol.Record, *, as_json: bool, full: bool = False) -> str:
+    """One line for ``tuimon tail``: every field with ``as_json``; otherwise one short line per record (arrays,
+    long lists and nested maps summarised) unless ``full``."""
     if as_json:
         return json.dumps(
             {"seq": rec.seq, "kind": rec.kind, "step": rec.step, "ts": rec.ts, **jsonable(rec.data)}
@@ -203,14 +225,25 @@ def format_record(rec: protocol.Record, *, as_json: bool) -> str:
         body = " ".join(f"{k}={v:.6g}" for k, v in protocol.values_of(rec).items())
     elif rec.kind == protocol.HELLO:
         body = f"name={rec.data.get('name')} run_id={rec.data.get('run_id')} pid={rec.data.get('pid')}"
-    else:
+    elif full:
         body = " ".join(f"{k}={v}" for k, v in jsonable(rec.data).items())
+    else:
+        body = " ".join(f"{k}={_brief(v)}" for k, v in rec.data.items())
     return f"{head} {body}"
 
 
-def _print_records(records: Iterable[protocol.Record], as_json: bool) -> None:
+def _print_records(
+    records: Iterable[protocol.Record], as_json: bool, kinds: frozenset[str] | None = None, full: bool = False
+) -> None:
     for rec in records:
-        print(format_record(rec, as_json=as_json), flush=True)
+        if kinds is None or rec.kind in kinds:
+            print(format_record(rec, as_json=as_json, full=full), flush=True)
+
+
+def _kinds(args: argparse.Namespace) -> frozenset[str] | None:
+    """``--kind metrics,alert`` as a set (``None``: every kind)."""
+    spec = getattr(args, "kind", None)
+    return frozenset(k.strip() for k in spec.split(",") if k.strip()) if spec else None
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -221,8 +254,15 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if isinstance(target, Path):
         try:
             with RunFileReader(target) as reader:
-                first = max(0, reader.last_seq() - args.count)
-                _print_records(reader.records(first), args.json)
+                kinds = _kinds(args)
+                if kinds is None:
+                    first = max(0, reader.last_seq() - args.count)
+                    _print_records(reader.records(first), args.json, full=args.full)
+                else:  # the last COUNT records of these kinds
+                    picked = collections.deque(
+                        (r for r in reader.records() if r.kind in kinds), maxlen=max(args.count, 0)
+                    )
+                    _print_records(picked, args.json, full=args.full)
         except (OSError, ValueError) as exc:
             return _fail(str(exc))
         return 0
@@ -234,18 +274,22 @@ async def _tail_live(info: discovery.ConnectionInfo, args: argparse.Namespace) -
     history: list[protocol.Record] = []
     state = {"live": False, "last": 0, "done": False}
 
+    kinds = _kinds(args)
+
     def emit(update: SourceUpdate) -> None:
         fresh = [r for r in update.records if r.seq > state["last"] and r.kind != protocol.HEARTBEAT]
         if fresh:
             state["last"] = fresh[-1].seq
+        if kinds is not None:
+            fresh = [r for r in fresh if r.kind in kinds]
         if state["live"]:
-            _print_records(fresh, args.json)
+            _print_records(fresh, args.json, full=args.full)
         else:
             history.extend(fresh)
             del history[: max(0, len(history) - args.count)]
         if update.status in ("live", "ended") and not state["live"]:
             state["live"] = True
-            _print_records(history, args.json)
+            _print_records(history, args.json, full=args.full)
         if update.status == "ended":
             state["done"] = True
 
@@ -387,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.add_argument("--count", "-n", type=int, default=20, help="how many past records to print (default 20)")
     s.add_argument("--no-follow", action="store_true", help="stop after the past records")
+    s.add_argument(
+        "--kind",
+        metavar="KINDS",
+        help="only these record kinds, comma-separated (e.g. metrics,eval,alert; see `tuimon export --format jsonl`)",
+    )
+    s.add_argument(
+        "--full",
+        action="store_true",
+        help="print arrays and long lists in full (default: summarised, one short line)",
+    )
     s.set_defaults(func=cmd_tail)
     s = sub.add_parser("export", help="everything in a run file as CSV (scalars) or JSON lines (all records)")
     s.add_argument("run", metavar="RUN")
