@@ -206,8 +206,12 @@ async def test_checks_screen_lists_every_check_and_details_the_selected_one(
             str(screen.query_one("#checks-title", Static).render()) == "sanity checks · checks  ✓3 !1 ✗1 ?1"
         )
 
-        # The first check is selected and detailed.
-        assert table.has_focus and table.selected == "gradient_check"
+        # The first failed check is selected (not the first passing one); ↑ selects the check above.
+        assert table.has_focus and table.selected == "overfit_one_batch"
+        assert details.check is not None and details.check["name"] == "overfit_one_batch"
+        await pilot.press("up")
+        await pilot.pause()
+        assert table.selected == "gradient_check"
         assert details.check is not None and details.check["name"] == "gradient_check"
         text = _details_text(details)
         assert "Autograd's gradients match central finite differences" in text
@@ -261,7 +265,7 @@ async def test_the_details_scroll_at_80x24(checks_run: Path) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await _open_checks(pilot)
         details = screen.query_one(CheckDetails)
-        await pilot.press("down", "down", "down")  # shape_trace: 50 table rows
+        await pilot.press("down", "down")  # from the failed overfit_one_batch to shape_trace: 50 table rows
         await pilot.pause()
         assert details.max_scroll_y > 0 and details.scroll_y == 0
         await pilot.press("tab")

@@ -126,7 +126,7 @@ class CheckDetails(ScrollableContainer, can_focus=True):
             return
         verdict = verdict_of(check)
         name = str(check.get("name", "?"))
-        self.border_title = f"[{COLORS[verdict]}]{SYMBOLS[verdict]} {verdict}[/] {_escape(name)}"
+        self.border_title = f"[{COLORS[verdict]}]{SYMBOLS[verdict]} {verdict} [/]{_escape(name)}"
         step = check.get("step")
         when = f"step {step:,} · " if isinstance(step, int) and not isinstance(step, bool) else ""
         self.border_subtitle = f"{when}{format_seconds(check.get('seconds'))}"

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding, BindingType
-from textual.events import Resize
+from textual.events import Click, Resize
 from textual.widgets import DataTable
 
 VERDICTS = ("pass", "warn", "fail", "error")
@@ -125,6 +125,9 @@ class ChecksTable(DataTable[Text]):
         )
         self._checks: list[Mapping[str, Any]] = []
         self._summary_width = 0
+        self._cursor_chosen = False
+        """Whether the user moved the cursor; until then it sits on the most important check (the first
+        failure, else the first error, else the first warning)."""
         self._styles: tuple[Style, ...] = ()
 
     @property
@@ -184,8 +187,51 @@ class ChecksTable(DataTable[Text]):
                 Text(format_seconds(check.get("seconds")), style=styles["time"], justify="right", end=""),
                 key=name,
             )
-        if selected in names:
+        if not self._cursor_chosen:
+            row = self._first_worst()
+            if row is not None:
+                self.move_cursor(row=row, animate=False)
+        elif selected in names:
             self.move_cursor(row=names.index(selected), animate=False)
+
+    def _first_worst(self) -> int | None:
+        """The row of the first failed check, else the first that could not run, else the first warning."""
+        verdicts = [verdict_of(c) for c in self._checks]
+        for wanted in ("fail", "error", "warn", "pass"):
+            if wanted in verdicts:
+                return verdicts.index(wanted)
+        return None
+
+    def _chosen(self) -> None:
+        self._cursor_chosen = True
+
+    def action_cursor_up(self) -> None:
+        self._chosen()
+        super().action_cursor_up()
+
+    def action_cursor_down(self) -> None:
+        self._chosen()
+        super().action_cursor_down()
+
+    def action_scroll_top(self) -> None:
+        self._chosen()
+        super().action_scroll_top()
+
+    def action_scroll_bottom(self) -> None:
+        self._chosen()
+        super().action_scroll_bottom()
+
+    def action_page_up(self) -> None:
+        self._chosen()
+        super().action_page_up()
+
+    def action_page_down(self) -> None:
+        self._chosen()
+        super().action_page_down()
+
+    async def _on_click(self, event: Click) -> None:
+        self._chosen()
+        await super()._on_click(event)
 
     def _cell_styles(self) -> tuple[Style, ...]:
         """The verdicts' and the time's styles, foreground only: the cursor and the stripes keep their background."""
