@@ -296,6 +296,16 @@ def test_standardized_inputs_pass(images: tuple[Any, Any]) -> None:
     assert r.table[0]["channel"] == 0 and [row["count"] for row in r.table[1:]] == [16] * 4
 
 
+def test_the_report_prints_the_channel_and_class_tables_apart(images: tuple[Any, Any]) -> None:
+    lines = data_check(*images, num_classes=4).report().splitlines()
+    header_channel = next(i for i, line in enumerate(lines) if line.split()[:1] == ["channel"])
+    header_class = next(i for i, line in enumerate(lines) if line.split()[:1] == ["class"])
+    assert header_channel < header_class
+    assert "count" not in lines[header_channel] and "mean" not in lines[header_class]
+    class_rows = lines[header_class + 1 : header_class + 5]
+    assert [len(row.split()) for row in class_rows] == [len(lines[header_class].split())] * 4  # no blank cells
+
+
 def test_raw_pixels_fail_with_divide_by_255(images: tuple[Any, Any]) -> None:
     pixels = (torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 255).round()
     for x in (pixels, pixels.to(torch.uint8), pixels.reshape(64, 64)):  # images, bytes, flattened digits

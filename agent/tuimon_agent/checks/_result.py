@@ -75,13 +75,24 @@ class CheckResult:
         if self.numbers:
             lines.append("        " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.numbers.items()))
         if self.table:
-            cols = list(dict.fromkeys(k for row in self.table[:table_rows] for k in row))
-            rows = [[_fmt(row.get(c, "")) for c in cols] for row in self.table[:table_rows]]
-            widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-            lines.append("        " + "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-            lines += [
-                "        " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows
-            ]
+            # Rows of different shapes (the data check's per-channel rows, then its per-class rows) make one
+            # table each, with its own header, rather than one grid of blanks.
+            groups: list[tuple[list[str], list[dict[str, Any]]]] = []
+            for row in self.table[:table_rows]:
+                cols = list(row)
+                if groups and groups[-1][0] == cols:
+                    groups[-1][1].append(row)
+                else:
+                    groups.append((cols, [row]))
+            for i, (cols, group) in enumerate(groups):
+                rows = [[_fmt(row.get(c, "")) for c in cols] for row in group]
+                widths = [max(len(c), *(len(r[j]) for r in rows)) for j, c in enumerate(cols)]
+                if i:
+                    lines.append("")
+                lines.append("        " + "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+                lines += [
+                    "        " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows
+                ]
             if len(self.table) > table_rows:
                 lines.append(f"        ... {len(self.table) - table_rows} more rows")
         return "\n".join(lines)
