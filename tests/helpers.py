@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tuimon.source import LiveSource, SourceUpdate
 from tuimon.state import RunState
@@ -158,3 +160,19 @@ class CommandClient:
         """Close the socket and its context."""
         self.sock.close(0)
         self._ctx.term()
+
+
+async def until(pilot: Any, condition: Callable[[], Any], *, timeout: float = 60.0, what: str = "") -> None:
+    """Let the app run until ``condition()`` is true (checked after each idle pause), or fail after ``timeout``
+    seconds: a generous bound, so that a loaded machine is slow, never red."""
+    deadline = time.monotonic() + timeout
+    while True:
+        await pilot.pause()
+        try:
+            if condition():
+                return
+        except Exception:  # a widget not mounted yet, a query that finds nothing yet
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached after {timeout}s: {what or condition}")
+        await pilot.pause(0.02)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import until
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
@@ -22,7 +23,7 @@ from tuimon_agent.runfile import RunFileReader
 METRICS = ["loss", "acc", "opt/lr", "opt/momentum", "opt/weight_decay"]
 
 
-async def wait_loaded(pilot: Pilot, timeout: float = 10.0) -> None:
+async def wait_loaded(pilot: Pilot, timeout: float = 60.0) -> None:
     """Wait until the file source has replayed everything and the timer has painted it."""
     app = pilot.app
     assert isinstance(app, TuimonApp)
@@ -156,7 +157,7 @@ async def test_help_opens_and_closes(recorded_run: Path) -> None:
 async def test_too_small_terminal_shows_a_note_and_recovers(recorded_run: Path) -> None:
     app = make_app(FileSource(recorded_run))
     async with app.run_test(size=(40, 10)) as pilot:
-        await pilot.pause(0.5)
+        await until(pilot, lambda: app.overview.has_class("-too-small"), what="the too-small note")
         screen = app.overview
         note = screen.query_one("#too-small", Static)
         assert screen.has_class("-too-small")
@@ -191,12 +192,12 @@ async def test_repaints_are_capped_by_the_timer_not_the_data_rate(recorded_run: 
         history = [r for r in reader.records() if r.kind != protocol.END]
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.overview.has_class("-empty"), what="the empty overview")
         waiting = app.overview.query_one("#waiting", Static)
         assert app.overview.has_class("-empty") and str(waiting.render()) == "waiting for a run…"
 
         app.post_message(SourceUpdated(SourceUpdate(history, status="live")))
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.overview.query_one(MetricList).names and not app._dirty, what="history")
         chart = app.overview.query_one(MetricChart)
         updates, repaints = chart.updates, app.repaints
         seq, step = history[-1].seq + 1, 301
@@ -208,7 +209,7 @@ async def test_repaints_are_capped_by_the_timer_not_the_data_rate(recorded_run: 
                 posted += 1
             seq, step = seq + 5, step + 5
             await asyncio.sleep(0)
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.state.step == step - 1 and not app._dirty, what="every update applied")
         seconds = time.monotonic() - start
         assert posted > 500, posted
         print(
@@ -231,14 +232,14 @@ async def test_source_messages_and_agent_events_show_in_the_notice_bar(recorded_
         app.post_message(
             SourceUpdated(SourceUpdate([*records, event], status="live", malformed=2, message="hello there"))
         )
-        await pilot.pause(0.3)
+        await until(pilot, lambda: "bad 2" in plain(app.overview.query_one(RunHeader)), what="the batch painted")
         notice = plain(app.overview.query_one(NoticeBar))
         assert notice == "ℹ hello there  │  ⚑ persistence off: disk full (step 300)"
         header = plain(app.overview.query_one(RunHeader))
         assert "● ended" in header and "bad 2" in header  # an end record turns "live" into "ended"
 
         app.post_message(SourceUpdated(SourceUpdate([], reset=True, status="reconnecting")))
-        await pilot.pause(0.3)
+        await until(pilot, lambda: "● reconnecting" in plain(app.overview.query_one(RunHeader)), what="reset")
         assert app.overview.has_class("-empty")
         assert app.overview.query_one(MetricList).names == []
         assert "● reconnecting" in plain(app.overview.query_one(RunHeader))
@@ -250,7 +251,7 @@ async def test_source_messages_and_agent_events_show_in_the_notice_bar(recorded_
         ]
         app.post_message(SourceUpdated(SourceUpdate([], reset=True)))
         app.post_message(SourceUpdated(SourceUpdate(new_run, reset=True, status="live")))
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.overview.query_one(MetricList).names == ["mse"], what="the new run")
         assert app.overview.query_one(MetricList).names == ["mse"]
         assert app.overview.query_one(MetricChart).metric == "mse"
         assert plain(app.overview.query_one(RunHeader)).startswith("second")
@@ -299,7 +300,7 @@ async def test_nan_and_inf_values_do_not_break_rows_or_chart() -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         app.post_message(SourceUpdated(SourceUpdate(records, status="live")))
-        await pilot.pause(0.3)
+        await until(pilot, lambda: "nan" in plain(app.overview.query_one(MetricList).row("loss")), what="rows")
         row = app.overview.query_one(MetricList).row("loss")
         assert row is not None and "nan" in plain(row) and "×" in plain(row)
         chart = app.overview.query_one(MetricChart)
@@ -315,7 +316,7 @@ async def test_nan_and_inf_values_do_not_break_rows_or_chart() -> None:
 async def test_a_missing_run_file_is_reported_not_raised(tmp_path: Path) -> None:
     app = make_app(FileSource(tmp_path / "missing" / "run.sqlite"))
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.status == "ended" and not app._dirty, what="the source's end")
         assert app.status == "ended"
         assert plain(app.overview.query_one(NoticeBar)).startswith("ℹ cannot open run file")
         waiting = app.overview.query_one("#waiting", Static)
