@@ -153,8 +153,9 @@ class Controller:
 
     # -- the step boundary (training thread) -------------------------------------------------------------------------
 
-    def pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """The optimizer step pre-hook: apply what is queued, wait while paused, clip."""
+    def pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        """The optimizer step pre-hook: apply what is queued, wait while paused, clip (returns the step's new
+        ``(args, kwargs)`` when its closure must clip)."""
         try:
             if self.sync is not None:
                 self._apply_all(self._exchange())
@@ -168,9 +169,27 @@ class Controller:
                 else:
                     self._apply_all(self._exchange(wait=PAUSE_POLL))
             if self.max_norm is not None:
-                self._clip(kwargs)
+                return self._clip_step(args, kwargs)
         except Exception as exc:  # never into the training loop
             _warn(f"live commands: {type(exc).__name__}: {exc}; training goes on")
+        return None
+
+    def _clip_step(self, args: Any, kwargs: Any) -> Any:
+        """Clip now; or, when the step has a closure (LBFGS, Lightning's automatic optimization), whose
+        ``backward()`` has not run yet, wrap it so that every call of it clips the gradients it made."""
+        from .instruments import AfterClosure, closure_of, with_closure
+
+        closure = closure_of(args, kwargs)
+        if closure is None:
+            self._clip(kwargs)
+            return None
+        def clip() -> None:
+            try:
+                self._clip(kwargs)
+            except Exception as exc:  # never into the training loop
+                _warn(f"live commands: {type(exc).__name__}: {exc}; training goes on")
+
+        return with_closure(args, kwargs, AfterClosure(closure, clip, every=True))
 
     def _take(self) -> list[tuple[str, str, dict[str, Any], Any]]:
         out = []
