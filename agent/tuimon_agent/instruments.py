@@ -63,7 +63,7 @@ class Hook:
         return (Hook, (_noop,))
 
 
-def foreach_norm(tensors: list[Any], ord: float = 2) -> list[Any]:
+def foreach_norm(tensors: list[Any], ord: float = 2, scale: Any = None) -> list[Any]:
     """``torch._foreach_norm(tensors, ord)`` as float32 scalars, whatever the tensors' dtypes.
 
     Half, bfloat16 and float32 tensors are reduced in float32 (one fused kernel); float64 ones (which cannot be
@@ -72,11 +72,19 @@ def foreach_norm(tensors: list[Any], ord: float = 2) -> list[Any]:
     Args:
         tensors: Floating-point tensors.
         ord: The norm's order.
+        scale: A loss scale (tensor) the tensors carry (gradients of a fused GradScaler step): the norms are
+            taken in float64 (a scaled norm may overflow float32) and divided by it.
 
     Returns:
         One float32 0-dim tensor per input, in order.
     """
     f32 = torch.float32
+    if scale is not None:
+        inv = 1.0 / scale.detach().double().reshape(())
+        return [
+            (n * inv.to(n.device)).to(f32)
+            for n in torch._foreach_norm(tensors, ord, dtype=torch.float64)
+        ]
     if all(t.dtype != torch.float64 for t in tensors):
         return list(torch._foreach_norm(tensors, ord, dtype=f32))
     wide = [i for i, t in enumerate(tensors) if t.dtype == torch.float64]
@@ -301,9 +309,10 @@ class ParamStats:
         f32 = torch.float32
         if grads:
             if grads[0].device.type == "cpu":
-                norms = _cpu_grad_norms(grads)
+                norms = _cpu_grad_norms(grads, self._scale())
             else:
-                norms = [foreach_norm(grads, o) for o in (2, math.inf, 0)]
+                scale = self._scale()
+                norms = [foreach_norm(grads, o, scale if o else None) for o in (2, math.inf, 0)]
             # The one transient copy, freed by the post hook (none without an optimizer: no update to measure).
             before = [params[i].detach().clone() for i in idx] if self.optimizer is not None else None
         else:
@@ -327,11 +336,11 @@ class ParamStats:
             grads = [params[i].grad for i in idx]
             rows = stack(
                 [
-                    stack(foreach_norm(grads, 2)),
+                    stack(foreach_norm(grads, 2, self._scale())),
                     torch.ones(len(idx), device=device),
                 ]
             )
-            rows, skipped = _unscale(rows, self._amp, 1)
+            skipped = _found_inf(self._amp)
             if len(idx) == len(params):
                 out[:] = rows
             else:
@@ -364,7 +373,7 @@ class ParamStats:
             rows = stack([stack(r) for r in (*norms, upd)] + [torch.ones(len(idx), device=device)])
             if self.optimizer is None:
                 rows[_UPDATE] = math.nan
-            rows, skipped = _unscale(rows, self._amp)
+            skipped = _found_inf(self._amp)
             if len(idx) == len(params):
                 out[:_N_GRAD_ROWS] = rows
             else:
@@ -381,6 +390,10 @@ class ParamStats:
         else:
             buf, event = out, None
         self._enqueue("stats", step, (buf, event, self._names, self._numel, skipped if idx else None))
+
+    def _scale(self) -> Any:
+        """The loss scale the gradients of a fused GradScaler step still carry, or ``None``."""
+        return self._amp[0] if self._amp is not None else None
 
     def _stack(self, ts: list[Any]) -> Any:
         """``torch.stack`` for results on several devices (model parallelism): gathered on the first one."""
@@ -399,32 +412,36 @@ def _amp_of(optimizer: Any) -> tuple[Any, Any] | None:
     return (scale if isinstance(scale, torch.Tensor) else None), found_inf
 
 
-def _unscale(rows: Any, amp: tuple[Any, Any] | None, n: int = 2) -> tuple[Any, Any]:
-    """Divide the first ``n`` rows (gradient L2 norms and max |g|) by a fused step's loss scale, on the device;
-    returns the rows and a copy of the step's ``found_inf`` (or ``None``: not under a GradScaler)."""
-    if amp is None:
-        return rows, None
-    scale, found_inf = amp
-    if scale is not None:
-        rows = rows.clone()
-        rows[:n] /= scale.to(rows.device, rows.dtype)
-    return rows, found_inf.detach().reshape(-1)[:1].clone()
+def _found_inf(amp: tuple[Any, Any] | None) -> Any:
+    """A copy of a fused GradScaler step's ``found_inf`` (non-zero: the step is skipped), or ``None``."""
+    return None if amp is None else amp[1].detach().reshape(-1)[:1].clone()
+
+
+def _closure_index(args: Any) -> int | None:
+    """Where the closure is among a step hook's ``args`` (``(optimizer, closure)``: torch passes ``self`` too)."""
+    for i, a in enumerate(tuple(args)[:2]):
+        if callable(a) and not hasattr(a, "param_groups"):
+            return i
+    return None
 
 
 def closure_of(args: Any, kwargs: Any) -> Any:
-    """The closure an ``optimizer.step(...)`` call was given (first positional argument or ``closure=``)."""
+    """The closure an ``optimizer.step(...)`` call was given (positional or ``closure=``), as a step hook sees
+    the call, or ``None``."""
     if kwargs and kwargs.get("closure") is not None:
         return kwargs["closure"]
-    if args and callable(args[0]):
-        return args[0]
-    return None
+    i = _closure_index(args or ())
+    return None if i is None else args[i]
 
 
 def with_closure(args: Any, kwargs: Any, closure: Any) -> tuple[Any, Any]:
     """The ``(args, kwargs)`` of a step call with its closure replaced (what a step pre hook returns)."""
     if kwargs and kwargs.get("closure") is not None:
         return tuple(args), {**kwargs, "closure": closure}
-    return (closure, *tuple(args)[1:]), dict(kwargs or {})
+    args = tuple(args)
+    i = _closure_index(args)
+    assert i is not None
+    return (*args[:i], closure, *args[i + 1 :]), dict(kwargs or {})
 
 
 class AfterClosure:
@@ -454,14 +471,17 @@ class AfterClosure:
         return out
 
 
-def _cpu_grad_norms(grads: list[Any]) -> list[list[Any]]:
+def _cpu_grad_norms(grads: list[Any], scale: Any = None) -> list[list[Any]]:
     """L2, max |g| and nonzero count on the CPU, where the fused L-inf and L0 norms are slow (14× and 2× the
-    L2 norm on one thread): ``aminmax`` (NaN propagates) and ``count_nonzero`` per tensor are the fast kernels."""
-    l2 = foreach_norm(grads, 2)
+    L2 norm on one thread): ``aminmax`` (NaN propagates) and ``count_nonzero`` per tensor are the fast kernels.
+    ``scale``: a loss scale the gradients carry (divided out, see :func:`foreach_norm`)."""
+    l2 = foreach_norm(grads, 2, scale)
     linf, l0 = [], []
+    inv = None if scale is None else 1.0 / scale.detach().double().reshape(())
     for g in grads:
         lo, hi = torch.aminmax(g)
-        linf.append(torch.maximum(-lo, hi).float())
+        m = torch.maximum(-lo, hi)
+        linf.append(m.float() if inv is None else (m.double() * inv).float())
         l0.append(torch.count_nonzero(g).float())
     return [l2, linf, l0]
 

@@ -316,6 +316,7 @@ class Monitor(ControlMixin):
                 hello=hello,
                 alerts=bool(alerts),
                 control=self._control,
+                amp_init_scale=_init_scale(scaler),
             )
             if self._stats is not None:
                 self._stats.install()
@@ -750,6 +751,14 @@ def opt_prefix(j: int) -> str:
     return "opt/" if j == 0 else f"opt/o{j}/"
 
 
+def _init_scale(scaler: Any) -> float | None:
+    """A ``GradScaler``'s initial loss scale, or ``None``."""
+    try:
+        return float(scaler._init_scale) if scaler is not None else None
+    except Exception:
+        return None
+
+
 def _is_torch_module(obj: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.nn.Module)
@@ -787,7 +796,8 @@ def unwrap_optimizer(opt: Any) -> tuple[Any, str | None]:
     """The ``torch.optim.Optimizer`` inside an optimizer wrapper, and the outermost wrapper's type name.
 
     Follows ``.optimizer`` (accelerate's ``AcceleratedOptimizer``, ZeRO-style wrappers) and ``._optimizer``
-    (Lightning's ``LightningOptimizer``) while the object is not a hookable torch optimizer.
+    (Lightning's ``LightningOptimizer``) as deep as they go; the innermost object is used when it is a torch
+    optimizer with step hooks.
 
     Args:
         opt: An optimizer or a wrapper.
@@ -795,11 +805,8 @@ def unwrap_optimizer(opt: Any) -> tuple[Any, str | None]:
     Returns:
         ``(optimizer, wrapper type name or None)``; the object itself when nothing hookable is inside.
     """
-    wrapper = None
     inner = opt
     for _ in range(8):
-        if _hookable(inner):
-            return inner, wrapper
         nxt = None
         for attr in ("optimizer", "_optimizer"):
             cand = getattr(inner, attr, None)
@@ -808,8 +815,12 @@ def unwrap_optimizer(opt: Any) -> tuple[Any, str | None]:
                 break
         if nxt is None:
             break
-        wrapper = wrapper or type(opt).__name__
         inner = nxt
+    if inner is not opt and _hookable(inner):
+        cls = type(opt)
+        if isinstance(opt, type(inner)) and len(cls.__mro__) > 1:  # LightningOptimizer's per-class mix-in
+            cls = cls.__mro__[1]
+        return inner, cls.__name__
     return opt, None
 
 

@@ -62,6 +62,8 @@ class RunConfig:
     hello: dict[str, Any]
     control: Any = None
     """The run's ``control.Controller`` (live commands), or ``None``."""
+    amp_init_scale: float | None = None
+    """``watch(..., scaler=)``: the GradScaler's initial scale (a first logged scale below it is a skipped step)."""
     alerts: bool = True
     """Run the diagnosis rules (``tuimon_agent.alerts``) on this thread and emit their ``alert`` records."""
 
@@ -107,7 +109,7 @@ class AgentThread(threading.Thread):
         self._bad_values: set[str] = set()
         self._skipped = 0  # optimizer steps a GradScaler skipped (inf/NaN gradients)
         self._amp_from_opt = False
-        self._last_scale: float | None = None
+        self._last_scale: float | None = cfg.amp_init_scale
         self.provenance = Provenance()
         """Decides the run's one ``nonfinite`` event; the monitor configures it before :meth:`start`."""
         self._ended = False
