@@ -52,7 +52,10 @@ def _hello(mon: tuimon_agent.Monitor) -> dict[str, Any]:
 
 def _grad_norms(model: nn.Module) -> np.ndarray:
     return np.array(
-        [p.grad.detach().double().norm().item() if p.grad is not None else math.nan for p in model.parameters()]
+        [
+            p.grad.detach().double().norm().item() if p.grad is not None else math.nan
+            for p in model.parameters()
+        ]
     )
 
 
@@ -147,7 +150,9 @@ class Conv(nn.Module):
         return self.head(self.features(x))
 
 
-def test_a_watched_model_and_optimizer_pickle_save_and_deepcopy_and_copies_stay_silent(tmp_path: Path) -> None:
+def test_a_watched_model_and_optimizer_pickle_save_and_deepcopy_and_copies_stay_silent(
+    tmp_path: Path,
+) -> None:
     torch.manual_seed(0)
     model = Conv()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -179,7 +184,11 @@ def test_a_watched_model_and_optimizer_pickle_save_and_deepcopy_and_copies_stay_
         copy.deepcopy(model),
         torch.load(_saved(model), weights_only=False),
     ]
-    opt_copies = [pickle.loads(pickle.dumps(opt)), torch.load(_saved(opt), weights_only=False), copy.deepcopy(opt)]
+    opt_copies = [
+        pickle.loads(pickle.dumps(opt)),
+        torch.load(_saved(opt), weights_only=False),
+        copy.deepcopy(opt),
+    ]
     assert all(isinstance(o, torch.optim.Adam) for o in opt_copies)
     for c in copies:  # the copies train without reporting into the run
         c_opt = torch.optim.SGD(c.parameters(), lr=0.01)
@@ -247,7 +256,11 @@ def test_lightning_optimizer_is_unwrapped(tmp_path: Path) -> None:
         mon.log(loss=loss)
     assert mon.enabled
     mon.close()
-    assert _hello(mon)["optimizer"] == {**_hello(mon)["optimizer"], "type": "Adam", "wrapper": "LightningOptimizer"}
+    assert _hello(mon)["optimizer"] == {
+        **_hello(mon)["optimizer"],
+        "type": "Adam",
+        "wrapper": "LightningOptimizer",
+    }
     assert sorted(_stats(mon)) == [1, 2, 3]
     assert "commands" in _hello(mon)
 
@@ -329,7 +342,9 @@ def test_a_live_clip_applies_inside_the_closure(tmp_path: Path) -> None:
             loss = nn.functional.mse_loss(m(x), y)
             loss.backward()
             if record:
-                preclip[step] = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.parameters()])))
+                preclip[step] = float(
+                    torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.parameters()]))
+                )
             return loss
 
         return o.step(closure)
@@ -465,26 +480,44 @@ def test_manual_sgd_without_an_optimizer_is_measured_at_log(tmp_path: Path) -> N
 # -- gradient accumulation and sparse logging ------------------------------------------------------------------------
 
 
-def test_gradient_accumulation_measures_the_accumulated_gradients_at_the_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["plain", "accelerate"])
+def test_gradient_accumulation_measures_the_accumulated_gradients_at_the_step(
+    tmp_path: Path, how: str
+) -> None:
     model = _mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt: Any = torch.optim.SGD(model.parameters(), lr=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (1 + k))
+    accelerator = None
+    if how == "accelerate":
+        # HF Trainer's way: the wrapper's step() every micro-batch, the real one every 4th.
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=True, gradient_accumulation_steps=4)
+        model, opt = accelerator.prepare(model, opt)
     mon = tuimon_agent.watch(model, opt, dir=tmp_path, publish=False, stats_every=1)
     refs = {}
-    micro = 0
-    for it in range(1, 4):
-        opt.zero_grad()
-        for _ in range(4):
-            micro += 1
-            x, y = _batch(micro, 4)
+    for micro in range(1, 13):
+        x, y = _batch(micro, 4)
+        if accelerator is not None:
+            with accelerator.accumulate(model):
+                loss = nn.functional.mse_loss(model(x), y)
+                accelerator.backward(loss)
+                if micro % 4 == 0:
+                    refs[micro // 4] = _grad_norms(model)
+                opt.step()
+                opt.zero_grad()
+            if micro % 4 == 0:
+                sched.step()
+        else:
             loss = nn.functional.mse_loss(model(x), y) / 4
             loss.backward()
-            if micro % 4:
-                mon.log(loss=loss)  # one log per micro-batch
-        refs[it] = _grad_norms(model)
-        opt.step()
-        sched.step()
-        mon.log(loss=loss)
+            if micro % 4 == 0:
+                refs[micro // 4] = _grad_norms(model)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+        mon.log(loss=loss)  # one log per micro-batch
+    assert mon.enabled
     mon.close()
     stats = _stats(mon)
     assert sorted(stats) == [4, 8, 12]  # stamped with the micro-batch step of each optimizer step
@@ -524,13 +557,21 @@ def test_log_every_tenth_step_stamps_each_optimizer_value_with_its_own_step(tmp_
 # -- mixed precision ------------------------------------------------------------------------------------------------
 
 
-def _amp_loop(tmp_path: Path, *, fused: bool) -> tuple[tuimon_agent.Monitor, list[float], dict[int, np.ndarray]]:
+def _amp_loop(
+    tmp_path: Path, *, fused: bool
+) -> tuple[tuimon_agent.Monitor, list[float], dict[int, np.ndarray]]:
     model = _mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
     # A huge initial scale: the scaled loss overflows float32 for the first few steps (GradScaler halves it each).
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000)
     mon = tuimon_agent.watch(
-        model, opt, dir=tmp_path, publish=False, stats_every=1, norms_every=1, scaler=None if fused else scaler
+        model,
+        opt,
+        dir=tmp_path,
+        publish=False,
+        stats_every=1,
+        norms_every=1,
+        scaler=None if fused else scaler,
     )
     scales: list[float] = []
     refs: dict[int, np.ndarray] = {}
@@ -554,7 +595,7 @@ def _amp_loop(tmp_path: Path, *, fused: bool) -> tuple[tuimon_agent.Monitor, lis
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "scaler-skips-step"])
 def test_gradscaler_overflow_steps_are_counted_not_alerted(tmp_path: Path, fused: bool) -> None:
     mon, scales, refs = _amp_loop(tmp_path, fused=fused)
-    skipped = sum(1 for a, b in zip(scales, scales[1:]) if b < a)
+    skipped = sum(1 for a, b in zip(scales, scales[1:], strict=False) if b < a)
     assert skipped >= 2  # the huge initial scale overflowed a few steps
     events = [e.data for e in _records(mon, protocol.EVENT)]
     assert not [e for e in events if e.get("what") == "nonfinite"]

@@ -183,6 +183,7 @@ class Controller:
         if closure is None:
             self._clip(kwargs)
             return None
+
         def clip() -> None:
             try:
                 self._clip(kwargs)

@@ -81,10 +81,8 @@ def foreach_norm(tensors: list[Any], ord: float = 2, scale: Any = None) -> list[
     f32 = torch.float32
     if scale is not None:
         inv = 1.0 / scale.detach().double().reshape(())
-        return [
-            (n * inv.to(n.device)).to(f32)
-            for n in torch._foreach_norm(tensors, ord, dtype=torch.float64)
-        ]
+        wide_norms = torch._foreach_norm(tensors, ord, dtype=torch.float64)
+        return [(n * inv.to(n.device)).to(f32) for n in wide_norms]
     if all(t.dtype != torch.float64 for t in tensors):
         return list(torch._foreach_norm(tensors, ord, dtype=f32))
     wide = [i for i, t in enumerate(tensors) if t.dtype == torch.float64]
@@ -93,7 +91,8 @@ def foreach_norm(tensors: list[Any], ord: float = 2, scale: Any = None) -> list[
     for i, n in zip(wide, torch._foreach_norm([tensors[i] for i in wide], ord), strict=True):
         out[i] = n.to(f32)
     if narrow:
-        for i, n in zip(narrow, torch._foreach_norm([tensors[i] for i in narrow], ord, dtype=f32), strict=True):
+        narrow_norms = torch._foreach_norm([tensors[i] for i in narrow], ord, dtype=f32)
+        for i, n in zip(narrow, narrow_norms, strict=True):
             out[i] = n
     return out
 
@@ -306,7 +305,6 @@ class ParamStats:
             return
         idx = tuple(i for i, p in enumerate(params) if p.grad is not None)
         grads = [params[i].grad for i in idx]
-        f32 = torch.float32
         if grads:
             if grads[0].device.type == "cpu":
                 norms = _cpu_grad_norms(grads, self._scale())
@@ -365,7 +363,8 @@ class ParamStats:
         out = torch.full((ROWS, len(params)), math.nan, dtype=torch.float32, device=device)
         if idx:
             if before is not None:
-                torch._foreach_sub_(before, [params[i] for i in idx])  # before - after, in place: no second copy
+                # before - after, in place: no second copy
+                torch._foreach_sub_(before, [params[i] for i in idx])
                 upd = foreach_norm(before, 2)
             else:
                 upd = norms[0]

@@ -331,7 +331,8 @@ class Monitor(ControlMixin):
 
                 # Registered last: the instruments' post hooks of a step run first and still see its number.
                 for j, opt in enumerate(optimizers):
-                    self._hooks.append(opt.register_step_post_hook(Hook(functools.partial(self._after_step, j))))
+                    hook = Hook(functools.partial(self._after_step, j))
+                    self._hooks.append(opt.register_step_post_hook(hook))
             self._thread = AgentThread(cfg, self._queue, self._counters, self._fail)
             self._configure_provenance(self._thread.provenance, stats_every)
             if self._stats is not None and norms_every is not None:
@@ -550,7 +551,8 @@ class Monitor(ControlMixin):
             amp = None
             if found_inf is not None and hasattr(found_inf, "detach"):
                 scale = getattr(optimizer, "grad_scale", None)
-                amp = (found_inf.detach().clone(), scale.detach().clone() if hasattr(scale, "detach") else None)
+                scale = scale.detach().clone() if hasattr(scale, "detach") else None
+                amp = (found_inf.detach().clone(), scale)
             q = self._queue
             if len(q) >= self._maxlen:
                 self._drop_oldest()
