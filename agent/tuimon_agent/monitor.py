@@ -98,10 +98,26 @@ class Monitor(ControlMixin):
     full the oldest item is dropped and counted, never waited on. Any internal failure disables the monitor with one
     warning on stderr; it never raises into the training loop. Use :func:`watch` to create one.
 
+    Steps: with an optimizer, the monitor counts its steps (the first one's, with several) and stamps each step's
+    ``opt/*`` values and statistics with it, so a loop that calls :meth:`log` every 10th step still has every
+    step's values at their own step; :meth:`log`'s default step is that count when the optimizer stepped since the
+    previous :meth:`log`, else one more than the previous step. ``optimizer.step(closure)`` (LBFGS, Lightning) is
+    measured after the closure's first call, when its gradients exist.
+
+    Mixed precision: under ``torch.amp.GradScaler`` a fused optimizer is stepped even on overflow steps (with inf
+    gradients); such a step is counted (``amp/skipped_steps``, ``amp/scale``), its statistics are dropped and it
+    never raises a NaN alert. Gradient statistics are reported unscaled (divided by the scale the scaler used).
+    A non-fused optimizer's overflow steps are skipped by the scaler itself; pass ``scaler=`` to record the scale
+    and count them.
+
     Args:
-        model: A ``torch.nn.Module`` whose layers the hello record describes, or ``None``.
-        optimizer: A ``torch.optim.Optimizer`` whose param groups' hyperparameters are recorded every step, or
-            ``None``.
+        model: A ``torch.nn.Module`` whose layers the hello record describes, a list of modules (a GAN's
+            generator and discriminator: statistics over all of them, activation statistics off), or ``None``.
+        optimizer: A ``torch.optim.Optimizer`` whose param groups' hyperparameters are recorded every step, a
+            wrapper of one (accelerate, Lightning, ZeRO-style ``.optimizer``: unwrapped), a list of them (``opt/``
+            for the first, ``opt/o1/`` for the second, ...; the first counts the steps, live commands apply to
+            it), or ``None``: then, given a model, statistics are measured at :meth:`log` from its gradients
+            and live commands are unavailable (the hello's ``commands_unavailable`` says why).
         run: The run's name (default: the script's name).
         dir: Where run directories go (default ``$TUIMON_DIR`` or ``./tuimon-runs``).
         endpoint: ``"ipc"`` (default: sockets in the private runtime directory), ``"tcp"`` (127.0.0.1, a free
@@ -138,6 +154,11 @@ class Monitor(ControlMixin):
         probe_layers: Module names whose outputs are captured (default: up to four Conv2d layers, each as seen
             after its activation module).
         probe_channels: Leading channels kept per layer (1 to 64), or a list of channel indices.
+        scaler: The ``torch.amp.GradScaler`` of a mixed-precision loop (optional): its scale is recorded at each
+            :meth:`log` as ``amp/scale`` and a lower scale than the previous counts as a skipped step.
+
+    Raises:
+        ValueError: An option with a bad value (at the call; nothing is raised once training runs).
     """
 
     def __init__(
@@ -236,17 +257,22 @@ class Monitor(ControlMixin):
                 raise ValueError("probe= needs watch(model, optimizer, ...): it runs after optimizer.step()")
             from .probe import ProbeMaps  # imports torch; raises ValueError on a bad option or layer name
 
-            self._probe = ProbeMaps(
-                model,
-                primary,
-                probe=probe,
-                every=probe_every,
-                layers=probe_layers,
-                channels=probe_channels,
-                enqueue=self._enqueue_stats,
-                step_of=self._next_step,
-                on_error=self._probe_failed,
-            )
+            try:
+                self._probe = ProbeMaps(
+                    model,
+                    primary,
+                    probe=probe,
+                    every=probe_every,
+                    layers=probe_layers,
+                    channels=probe_channels,
+                    enqueue=self._enqueue_stats,
+                    step_of=self._next_step,
+                    on_error=self._probe_failed,
+                )
+            except ValueError:
+                raise
+            except Exception as exc:  # anything else: the probe is off, the rest goes on
+                _warn(f"feature-map probe disabled ({type(exc).__name__}: {exc}); training goes on")
         try:
             hello = _hello(self, model, optimizers, wrappers)
             if primary is not None:
@@ -637,9 +663,10 @@ def watch(model: Any = None, optimizer: Any = None, **options: Any) -> Monitor:
     """Start monitoring a training run.
 
     Args:
-        model: The ``torch.nn.Module`` being trained (optional).
-        optimizer: Its ``torch.optim.Optimizer`` (optional); its learning rates are then recorded every step, and
-            with a model too, per-parameter gradient and weight statistics every ``stats_every`` steps.
+        model: The ``torch.nn.Module`` being trained, or a list of them (optional).
+        optimizer: Its ``torch.optim.Optimizer``, a wrapper of one, or a list of them (optional); its learning
+            rates are then recorded every step, and with a model too, per-parameter gradient and weight statistics
+            every ``stats_every`` steps (without an optimizer, every ``stats_every`` :meth:`Monitor.log` calls).
         **options: Keyword options of :class:`Monitor` (``run=``, ``dir=``, ``endpoint=``, ``stats_every=``,
             ``hist_every=``, ``hist_bins=``, ...).
 

@@ -248,8 +248,9 @@ def bench(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--blocks", type=int, default=8, help="A/B pairs per shape")
-    p.add_argument("--steps", type=int, default=100, help="iterations per block")
+    p.add_argument("--blocks", type=int, default=6, help="A/B pairs per shape")
+    p.add_argument("--steps", type=int, default=60, help="iterations per block")
+    p.add_argument("--only", default="", help="run the shapes whose name contains this text")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -257,6 +258,8 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as root:
         for name, make in SHAPES.items():
+            if a.only.lower() not in name.lower():
+                continue
             rows.append(bench(name, make, a.blocks, a.steps, root))
     print(
         f"torch {torch.__version__}, {a.threads} thread(s), {a.blocks} A/B pairs of {a.steps} steps per shape"
