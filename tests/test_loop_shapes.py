@@ -265,6 +265,41 @@ def test_lightning_optimizer_is_unwrapped(tmp_path: Path) -> None:
     assert "commands" in _hello(mon)
 
 
+class ZeroStyle:
+    """A ZeRO-style wrapper (not a torch optimizer): keeps the real one as ``.optimizer`` and steps it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+
+def test_a_zero_style_wrapper_is_unwrapped(tmp_path: Path) -> None:
+    model = _mlp()
+    opt = ZeroStyle(torch.optim.SGD(model.parameters(), lr=0.02))
+    mon = tuimon_agent.watch(model, opt, dir=tmp_path, publish=False, stats_every=1)
+    for step in range(1, 4):
+        x, y = _batch(step)
+        loss = nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    assert mon.enabled
+    mon.close()
+    assert _hello(mon)["optimizer"]["wrapper"] == "ZeroStyle"
+    assert sorted(_stats(mon)) == [1, 2, 3]
+    assert [_metrics(mon)[s]["opt/lr"] for s in (1, 2, 3)] == pytest.approx([0.02] * 3)
+
+
 # -- step(closure) ------------------------------------------------------------------------------------------------
 
 
