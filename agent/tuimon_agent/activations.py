@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .instruments import ParamStats, unwrap
+from .instruments import Hook, ParamStats, unwrap
 
 EPS = 0.01
 """Saturation margin: tanh outputs with ``|y| > 1 - EPS`` and sigmoid outputs below ``EPS`` or above ``1 - EPS``."""
@@ -97,8 +97,8 @@ class ActStats:
     mode) and disarms; each watched module's forward hook measures its output on the device; the root's forward
     hook stacks the rows into one ``[ACT_ROWS, M]`` float32 tensor (plus ``[4, C]`` for the input), copies them to
     the host without waiting (pinned memory and an event on CUDA) and queues them. Outside a measuring pass every
-    hook is one attribute test. Hooks are closures over this object (``copy.deepcopy(model)`` shares them; they
-    ignore every forward but the watched root's).
+    hook is one attribute test. Hooks are :class:`~tuimon_agent.instruments.Hook` objects: ``torch.save``, ``pickle``
+    and ``copy.deepcopy`` of the model work, and the copy's hooks are inert.
 
     NaN provenance (:mod:`tuimon_agent.provenance`): on the CPU (:attr:`checks_outputs`) the root's hooks also keep
     every training forward's arguments and CPU random state and check its output with one ``isfinite``; the first
@@ -161,10 +161,10 @@ class ActStats:
         self._enqueue("modules", None, {"modules": table})
         root = self.model
         self._steps_from.after_step = self._after_step
-        h = [root.register_forward_pre_hook(self._make_root_pre(root), with_kwargs=True)]
+        h = [root.register_forward_pre_hook(Hook(self._make_root_pre(root)), with_kwargs=True)]
         for i, m in enumerate(self._modules):
-            h.append(m.register_forward_hook(self._make_hook(i, m)))
-        h.append(root.register_forward_hook(self._make_root_post(root)))
+            h.append(m.register_forward_hook(Hook(self._make_hook(i, m))))
+        h.append(root.register_forward_hook(Hook(self._make_root_post(root))))
         self._handles = h
         return h
 

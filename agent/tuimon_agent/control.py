@@ -173,9 +173,11 @@ class Controller:
 
     # -- the step boundary (training thread) -------------------------------------------------------------------------
 
-    def pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
         """The optimizer step pre-hook: check the latest ``set_lr`` and ``stop`` held, apply what is queued, wait
-        while paused, clip; then raise ``KeyboardInterrupt`` when an ``interrupt`` was applied."""
+        while paused, clip (returns the step's new ``(args, kwargs)`` when its closure must clip); then raise
+        ``KeyboardInterrupt`` when an ``interrupt`` was applied."""
+        result = None
         try:
             if self._lr_check is not None:
                 self._check_lr()
@@ -193,7 +195,7 @@ class Controller:
                 else:
                     self._apply_all(self._exchange(wait=PAUSE_POLL))
             if self.max_norm is not None:
-                self._clip(kwargs)
+                result = self._clip_step(args, kwargs)
         except Exception as exc:  # never into the training loop
             _warn(f"live commands: {type(exc).__name__}: {exc}; training goes on")
         if self._interrupt:
@@ -206,6 +208,7 @@ class Controller:
             ):  # the ack reaches the run file and the sender first
                 time.sleep(0.005)
             raise KeyboardInterrupt("tuimon: interrupt command (the loop did not read mon.should_stop)")
+        return result
 
     def _follow_up(self, cmd_id: str, name: str, status: str, step: int, to: Any, **fields: Any) -> None:
         """Report what became of an applied command (rank 0): ``held``, ``overwritten`` or ``ignored``."""
@@ -276,6 +279,24 @@ class Controller:
             "--force): KeyboardInterrupt raised in the training thread at the next step, as Ctrl-C would"
         )
         self._follow_up(cmd_id, "stop", "ignored", step, to, reason=reason, applied_step=applied_at)
+
+    def _clip_step(self, args: Any, kwargs: Any) -> Any:
+        """Clip now; or, when the step has a closure (LBFGS, Lightning's automatic optimization), whose
+        ``backward()`` has not run yet, wrap it so that every call of it clips the gradients it made."""
+        from .instruments import AfterClosure, closure_of, with_closure
+
+        closure = closure_of(args, kwargs)
+        if closure is None:
+            self._clip(kwargs)
+            return None
+
+        def clip() -> None:
+            try:
+                self._clip(kwargs)
+            except Exception as exc:  # never into the training loop
+                _warn(f"live commands: {type(exc).__name__}: {exc}; training goes on")
+
+        return with_closure(args, kwargs, AfterClosure(closure, clip, every=True))
 
     def _take(self) -> list[tuple[str, str, dict[str, Any], Any]]:
         out = []
@@ -494,7 +515,7 @@ class Controller:
         return str(path.resolve())
 
     def _clip(self, kwargs: Any) -> None:
-        if kwargs and kwargs.get("grad_scale") is not None:
+        if (kwargs and kwargs.get("grad_scale") is not None) or getattr(self.optimizer, "grad_scale", None) is not None:
             # A fused optimizer under GradScaler: its gradients are still scaled here, so clipping them by a
             # plain max_norm would be wrong. Say so once and leave them alone.
             if not self._warned_amp:

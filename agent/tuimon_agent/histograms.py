@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .instruments import ParamStats, layer_table, unwrap
+from .instruments import Hook, ParamStats, layer_table, unwrap
 
 HIST_BINS = 32
 """Bins of each histogram (``watch(..., hist_bins=N)``)."""
@@ -98,7 +98,7 @@ class ParamHist:
         if self._stats is not None:
             self._stats.after_post = self._after_step
         else:
-            self._handles = [self.optimizer.register_step_post_hook(self._post)]
+            self._handles = [self.optimizer.register_step_post_hook(Hook(self._post))]
         return self._handles
 
     def remove(self) -> None:

@@ -23,6 +23,7 @@ This module imports torch; :mod:`tuimon_agent.monitor` imports it only when it i
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -35,6 +36,65 @@ _N_GRAD_ROWS = 5
 ROWS = 7
 NORM_ROWS = 2
 """Rows of a per-step norms buffer (``norms_every``): the gradient L2 norms and the has-gradient mask."""
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    """What a pickled or copied :class:`Hook` does: nothing."""
+
+
+class Hook:
+    """A module or optimizer hook that calls ``fn``, and that pickles (``torch.save``, ``pickle``,
+    ``copy.deepcopy`` of the model or optimizer it is registered on) as an inert hook: no local closure is left on
+    the user's objects, and a copy never reports into the run.
+
+    Args:
+        fn: The callable to run (a closure or a bound method; it is never pickled).
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Hook, (_noop,))
+
+
+def foreach_norm(tensors: list[Any], ord: float = 2, scale: Any = None) -> list[Any]:
+    """``torch._foreach_norm(tensors, ord)`` as float32 scalars, whatever the tensors' dtypes.
+
+    Half, bfloat16 and float32 tensors are reduced in float32 (one fused kernel); float64 ones (which cannot be
+    narrowed inside the kernel) in float64, then cast; a model mixing dtypes gets one kernel per dtype.
+
+    Args:
+        tensors: Floating-point tensors.
+        ord: The norm's order.
+        scale: A loss scale (tensor) the tensors carry (gradients of a fused GradScaler step): the norms are
+            taken in float64 (a scaled norm may overflow float32) and divided by it.
+
+    Returns:
+        One float32 0-dim tensor per input, in order.
+    """
+    f32 = torch.float32
+    if scale is not None:
+        inv = 1.0 / scale.detach().double().reshape(())
+        wide_norms = torch._foreach_norm(tensors, ord, dtype=torch.float64)
+        return [(n * inv.to(n.device)).to(f32) for n in wide_norms]
+    if all(t.dtype != torch.float64 for t in tensors):
+        return list(torch._foreach_norm(tensors, ord, dtype=f32))
+    wide = [i for i, t in enumerate(tensors) if t.dtype == torch.float64]
+    narrow = [i for i, t in enumerate(tensors) if t.dtype != torch.float64]
+    out: list[Any] = [None] * len(tensors)
+    for i, n in zip(wide, torch._foreach_norm([tensors[i] for i in wide], ord), strict=True):
+        out[i] = n.to(f32)
+    if narrow:
+        narrow_norms = torch._foreach_norm([tensors[i] for i in narrow], ord, dtype=f32)
+        for i, n in zip(narrow, narrow_norms, strict=True):
+            out[i] = n
+    return out
 
 
 def unwrap(model: Any) -> Any:
@@ -132,6 +192,7 @@ class ParamStats:
         self._pending: tuple[Any, ...] | None = None
         self._multi_device = False
         self._cols: tuple[tuple[int, ...], Any] | None = None
+        self._amp: tuple[Any, Any] | None = None
         self._handles: list[Any] = []
         self.after_step: Any = None
         """Called with the count of optimizer steps taken, after each (:class:`ActStats` arms itself there)."""
@@ -140,17 +201,25 @@ class ParamStats:
         statistics (:class:`ParamHist` bins there: one optimizer hook for both)."""
 
     def install(self) -> list[Any]:
-        """Emit the ``layers`` table and register the hooks.
+        """Emit the ``layers`` table and register the hooks (none without an optimizer: :meth:`manual_step`).
 
         Returns:
             The hook handles (``handle.remove()`` undoes each).
         """
         self._refresh(list(self.model.parameters()), None)
+        if self.optimizer is None:
+            return []
         self._handles = [
-            self.optimizer.register_step_pre_hook(self._pre),
-            self.optimizer.register_step_post_hook(self._post),
+            self.optimizer.register_step_pre_hook(Hook(self._pre)),
+            self.optimizer.register_step_post_hook(Hook(self._post)),
         ]
         return self._handles
+
+    def manual_step(self) -> None:
+        """One step of a loop without an optimizer (called by ``Monitor.log``): on a sampled step, measure the
+        gradients and weights as they are now (no update ratio: nothing to compare with)."""
+        self._pre(None, (), {})
+        self._post(None, (), {})
 
     def force_next(self) -> None:
         """Measure the next optimizer step whatever the interval (NaN provenance; only sets a flag)."""
@@ -179,23 +248,34 @@ class ParamStats:
         self._cols = None
         self._enqueue("layers", step, {"params": table})
 
-    def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Called before every ``optimizer.step()``: on a sampled step, measure the gradients, copy the weights."""
+    def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        """Called before every ``optimizer.step()``: on a sampled step, measure the gradients, copy the weights.
+
+        With ``optimizer.step(closure)`` (LBFGS, Lightning's automatic optimization) the gradients of this step
+        do not exist yet: the closure is wrapped (the returned ``(args, kwargs)``) so that the measurement happens
+        right after its first call, after its ``backward()``.
+        """
         if self._off:
-            return
+            return None
         self._calls += 1
         self._pending = None
-        if self._calls % self.every and not self._force:
-            if self.norms_every is not None and self._calls % self.norms_every == 0:
-                try:
-                    self._measure_norms()
-                except Exception as exc:
-                    self._off = True
-                    self._on_error(exc)
-            return
+        full = not self._calls % self.every or self._force
+        if not full and (self.norms_every is None or self._calls % self.norms_every):
+            return None
         self._force = False
+        self._amp = _amp_of(optimizer)
+        closure = closure_of(args, kwargs)
+        if closure is not None:
+            return with_closure(args, kwargs, AfterClosure(closure, functools.partial(self._measure, full)))
+        self._measure(full)
+        return None
+
+    def _measure(self, full: bool) -> None:
         try:
-            self._measure_before()
+            if full:
+                self._measure_before()
+            else:
+                self._measure_norms()
         except Exception as exc:
             self._pending = None
             self._off = True
@@ -225,18 +305,17 @@ class ParamStats:
             return
         idx = tuple(i for i, p in enumerate(params) if p.grad is not None)
         grads = [params[i].grad for i in idx]
-        f32 = torch.float32
         if grads:
             if grads[0].device.type == "cpu":
-                norms = _cpu_grad_norms(grads)
+                norms = _cpu_grad_norms(grads, self._scale())
             else:
-                norms = [torch._foreach_norm(grads, o, dtype=f32) for o in (2, math.inf, 0)]
-            before = [
-                params[i].detach().clone() for i in idx
-            ]  # the one transient copy, freed by the post hook
+                scale = self._scale()
+                norms = [foreach_norm(grads, o, scale if o else None) for o in (2, math.inf, 0)]
+            # The one transient copy, freed by the post hook (none without an optimizer: no update to measure).
+            before = [params[i].detach().clone() for i in idx] if self.optimizer is not None else None
         else:
             norms, before = [], []
-        w_before = torch._foreach_norm(params, 2, dtype=f32)
+        w_before = foreach_norm(params, 2)
         self._pending = (step, params, idx, before, norms, w_before)
 
     @torch.no_grad()
@@ -255,10 +334,11 @@ class ParamStats:
             grads = [params[i].grad for i in idx]
             rows = stack(
                 [
-                    stack(torch._foreach_norm(grads, 2, dtype=torch.float32)),
+                    stack(foreach_norm(grads, 2, self._scale())),
                     torch.ones(len(idx), device=device),
                 ]
             )
+            skipped = _found_inf(self._amp)
             if len(idx) == len(params):
                 out[:] = rows
             else:
@@ -272,7 +352,7 @@ class ParamStats:
             event.record()
         else:
             buf, event = out, None
-        self._enqueue("norms", step, (buf, event, self._names, self._numel))
+        self._enqueue("norms", step, (buf, event, self._names, self._numel, skipped if idx else None))
 
     @torch.no_grad()
     def _measure_after(self) -> None:
@@ -282,17 +362,24 @@ class ParamStats:
         stack = self._stack if self._multi_device else torch.stack
         out = torch.full((ROWS, len(params)), math.nan, dtype=torch.float32, device=device)
         if idx:
-            torch._foreach_sub_(before, [params[i] for i in idx])  # before - after, in place: no second copy
-            upd = torch._foreach_norm(before, 2, dtype=torch.float32)
+            if before is not None:
+                # before - after, in place: no second copy
+                torch._foreach_sub_(before, [params[i] for i in idx])
+                upd = foreach_norm(before, 2)
+            else:
+                upd = norms[0]
             del before
             rows = stack([stack(r) for r in (*norms, upd)] + [torch.ones(len(idx), device=device)])
+            if self.optimizer is None:
+                rows[_UPDATE] = math.nan
+            skipped = _found_inf(self._amp)
             if len(idx) == len(params):
                 out[:_N_GRAD_ROWS] = rows
             else:
                 if self._cols is None or self._cols[0] != idx:
                     self._cols = (idx, torch.tensor(idx, device=device))
                 out[:_N_GRAD_ROWS].index_copy_(1, self._cols[1], rows)
-        out[_WEIGHT] = stack(torch._foreach_norm(params, 2, dtype=torch.float32))
+        out[_WEIGHT] = stack(foreach_norm(params, 2))
         out[_WEIGHT_BEFORE] = stack(w_before)
         if device.type == "cuda":
             buf = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
@@ -301,7 +388,11 @@ class ParamStats:
             event.record()
         else:
             buf, event = out, None
-        self._enqueue("stats", step, (buf, event, self._names, self._numel))
+        self._enqueue("stats", step, (buf, event, self._names, self._numel, skipped if idx else None))
+
+    def _scale(self) -> Any:
+        """The loss scale the gradients of a fused GradScaler step still carry, or ``None``."""
+        return self._amp[0] if self._amp is not None else None
 
     def _stack(self, ts: list[Any]) -> Any:
         """``torch.stack`` for results on several devices (model parallelism): gathered on the first one."""
@@ -309,14 +400,87 @@ class ParamStats:
         return torch.stack([t.to(device, non_blocking=True) for t in ts])
 
 
-def _cpu_grad_norms(grads: list[Any]) -> list[list[Any]]:
+def _amp_of(optimizer: Any) -> tuple[Any, Any] | None:
+    """``(grad_scale, found_inf)`` while ``GradScaler.step`` steps a fused optimizer (it sets them as attributes
+    around ``optimizer.step()``; ``grad_scale`` is ``None`` when the gradients were unscaled already), else
+    ``None``."""
+    found_inf = getattr(optimizer, "found_inf", None)
+    if found_inf is None or not isinstance(found_inf, torch.Tensor):
+        return None
+    scale = getattr(optimizer, "grad_scale", None)
+    return (scale if isinstance(scale, torch.Tensor) else None), found_inf
+
+
+def _found_inf(amp: tuple[Any, Any] | None) -> Any:
+    """A copy of a fused GradScaler step's ``found_inf`` (non-zero: the step is skipped), or ``None``."""
+    return None if amp is None else amp[1].detach().reshape(-1)[:1].clone()
+
+
+def _closure_index(args: Any) -> int | None:
+    """Where the closure is among a step hook's ``args`` (``(optimizer, closure)``: torch passes ``self`` too)."""
+    for i, a in enumerate(tuple(args)[:2]):
+        if callable(a) and not hasattr(a, "param_groups"):
+            return i
+    return None
+
+
+def closure_of(args: Any, kwargs: Any) -> Any:
+    """The closure an ``optimizer.step(...)`` call was given (positional or ``closure=``), as a step hook sees
+    the call, or ``None``."""
+    if kwargs and kwargs.get("closure") is not None:
+        return kwargs["closure"]
+    i = _closure_index(args or ())
+    return None if i is None else args[i]
+
+
+def with_closure(args: Any, kwargs: Any, closure: Any) -> tuple[Any, Any]:
+    """The ``(args, kwargs)`` of a step call with its closure replaced (what a step pre hook returns)."""
+    if kwargs and kwargs.get("closure") is not None:
+        return tuple(args), {**kwargs, "closure": closure}
+    args = tuple(args)
+    i = _closure_index(args)
+    assert i is not None
+    return (*args[:i], closure, *args[i + 1 :]), dict(kwargs or {})
+
+
+class AfterClosure:
+    """A step closure that runs the user's closure, then ``after()``: after its first call only (LBFGS calls it
+    several times a step; the first call's gradients are the step's), or after every call (``every=True``).
+
+    Args:
+        closure: The user's closure.
+        after: Called with no arguments.
+        every: Call ``after`` after every call, not only the first.
+    """
+
+    __slots__ = ("after", "closure", "every")
+
+    def __init__(self, closure: Any, after: Any, *, every: bool = False) -> None:
+        self.closure = closure
+        self.after = after
+        self.every = every
+
+    def __call__(self) -> Any:
+        out = self.closure()
+        after = self.after
+        if after is not None:
+            if not self.every:
+                self.after = None
+            after()
+        return out
+
+
+def _cpu_grad_norms(grads: list[Any], scale: Any = None) -> list[list[Any]]:
     """L2, max |g| and nonzero count on the CPU, where the fused L-inf and L0 norms are slow (14× and 2× the
-    L2 norm on one thread): ``aminmax`` (NaN propagates) and ``count_nonzero`` per tensor are the fast kernels."""
-    l2 = torch._foreach_norm(grads, 2, dtype=torch.float32)
+    L2 norm on one thread): ``aminmax`` (NaN propagates) and ``count_nonzero`` per tensor are the fast kernels.
+    ``scale``: a loss scale the gradients carry (divided out, see :func:`foreach_norm`)."""
+    l2 = foreach_norm(grads, 2, scale)
     linf, l0 = [], []
+    inv = None if scale is None else 1.0 / scale.detach().double().reshape(())
     for g in grads:
         lo, hi = torch.aminmax(g)
-        linf.append(torch.maximum(-lo, hi).float())
+        m = torch.maximum(-lo, hi)
+        linf.append(m.float() if inv is None else (m.double() * inv).float())
         l0.append(torch.count_nonzero(g).float())
     return [l2, linf, l0]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import os
 import signal
 import socket
@@ -46,6 +47,12 @@ _COMPILED_EVENT = {
     "message": "activation and input statistics are off under torch.compile: forward hooks inside a compiled "
     "graph would break it (or recompile it) on sampled steps; parameter statistics and histograms, measured on "
     "the eager parameters at the optimizer step, are on",
+}
+
+_SEVERAL_MODELS_EVENT = {
+    "what": "activations_unavailable",
+    "message": "activation and input statistics are off with several models (watch([g, d], ...)): parameter "
+    "statistics and histograms cover every model's parameters",
 }
 
 DEFAULT_QUEUE = 100_000
@@ -91,10 +98,26 @@ class Monitor(ControlMixin):
     full the oldest item is dropped and counted, never waited on. Any internal failure disables the monitor with one
     warning on stderr; it never raises into the training loop. Use :func:`watch` to create one.
 
+    Steps: with an optimizer, the monitor counts its steps (the first one's, with several) and stamps each step's
+    ``opt/*`` values and statistics with it, so a loop that calls :meth:`log` every 10th step still has every
+    step's values at their own step; :meth:`log`'s default step is that count when the optimizer stepped since the
+    previous :meth:`log`, else one more than the previous step. ``optimizer.step(closure)`` (LBFGS, Lightning) is
+    measured after the closure's first call, when its gradients exist.
+
+    Mixed precision: under ``torch.amp.GradScaler`` a fused optimizer is stepped even on overflow steps (with inf
+    gradients); such a step is counted (``amp/skipped_steps``, ``amp/scale``), its statistics are dropped and it
+    never raises a NaN alert. Gradient statistics are reported unscaled (divided by the scale the scaler used).
+    A non-fused optimizer's overflow steps are skipped by the scaler itself; pass ``scaler=`` to record the scale
+    and count them.
+
     Args:
-        model: A ``torch.nn.Module`` whose layers the hello record describes, or ``None``.
-        optimizer: A ``torch.optim.Optimizer`` whose param groups' hyperparameters are recorded every step, or
-            ``None``.
+        model: A ``torch.nn.Module`` whose layers the hello record describes, a list of modules (a GAN's
+            generator and discriminator: statistics over all of them, activation statistics off), or ``None``.
+        optimizer: A ``torch.optim.Optimizer`` whose param groups' hyperparameters are recorded every step, a
+            wrapper of one (accelerate, Lightning, ZeRO-style ``.optimizer``: unwrapped), a list of them (``opt/``
+            for the first, ``opt/o1/`` for the second, ...; the first counts the steps, live commands apply to
+            it), or ``None``: then, given a model, statistics are measured at :meth:`log` from its gradients
+            and live commands are unavailable (the hello's ``commands_unavailable`` says why).
         run: The run's name (default: the script's name).
         dir: Where run directories go (default ``$TUIMON_DIR`` or ``./tuimon-runs``).
         endpoint: ``"ipc"`` (default: sockets in the private runtime directory), ``"tcp"`` (127.0.0.1, a free
@@ -131,6 +154,11 @@ class Monitor(ControlMixin):
         probe_layers: Module names whose outputs are captured (default: up to four Conv2d layers, each as seen
             after its activation module).
         probe_channels: Leading channels kept per layer (1 to 64), or a list of channel indices.
+        scaler: The ``torch.amp.GradScaler`` of a mixed-precision loop (optional): its scale is recorded at each
+            :meth:`log` as ``amp/scale`` and a lower scale than the previous counts as a skipped step.
+
+    Raises:
+        ValueError: An option with a bad value (at the call; nothing is raised once training runs).
     """
 
     def __init__(
@@ -156,6 +184,7 @@ class Monitor(ControlMixin):
         probe_every: int = DEFAULT_PROBE_EVERY,
         probe_layers: Any = None,
         probe_channels: Any = 8,
+        scaler: Any = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"invalid queue_size={queue_size!r}: must be an int >= 1")
@@ -177,6 +206,14 @@ class Monitor(ControlMixin):
         self._closed = False
         self._failed = False
         self._step = 0
+        # Step stamps (see _next_step): the first optimizer's step count, and where log() put the step last.
+        self._count = 0
+        self._count_at_log = 0
+        self._base = 0
+        self._counts: list[int] = []
+        self._in_log = False
+        self._manual = False  # no optimizer to hook: statistics are measured at log()
+        self._scaler = scaler
         self._dropped = 0
         self._maxlen = queue_size
         # Bounded by log() itself rather than by maxlen, so that every dropped item is counted exactly.
@@ -184,7 +221,6 @@ class Monitor(ControlMixin):
         self._hooks: list[Any] = []
         self._pid = os.getpid()
         self._thread: AgentThread | None = None
-        self._model = model
         self._stats: Any = None
         self._acts: Any = None
         self._hist: Any = None
@@ -195,47 +231,83 @@ class Monitor(ControlMixin):
         base = Path(dir if dir is not None else os.environ.get("TUIMON_DIR") or "tuimon-runs")
         self.run_dir = base / self.run_id
         self.run_file: Path | None = (self.run_dir / "run.sqlite").resolve() if persist else None
+        try:
+            model, several_models = _model_of(model)
+            optimizers, wrappers, unhookable = _optimizers_of(optimizer)
+        except Exception as exc:  # an odd object: monitor what can be, never raise into the script
+            _warn(f"could not read the model or optimizer ({type(exc).__name__}: {exc}); metrics only")
+            model, several_models, optimizers, wrappers, unhookable = None, False, [], [], []
+        self._model = model
+        self._optimizers = optimizers
+        self._counts = [0] * len(optimizers)
+        primary = optimizers[0] if optimizers else None
         if os.environ.get("TUIMON_DISABLE") or (os.environ.get("RANK") not in (None, "", "0")):
             # Disabled explicitly, or a non-zero torch.distributed rank: only rank 0 talks to viewers. A non-zero
             # rank still applies rank 0's live commands (control_ddp.py): no sockets, no run file.
-            self._closed = os.environ.get("TUIMON_DISABLE") is not None or not self._install_control(
-                model, optimizer, scheduler, hello=None
-            )
+            try:
+                self._closed = os.environ.get("TUIMON_DISABLE") is not None or not self._install_control(
+                    model, primary, scheduler, hello=None
+                )
+            except Exception as exc:
+                _warn(f"live commands are off on this rank ({type(exc).__name__}: {exc})")
+                self._closed = True
             return
         if probe is not None and probe_every > 0:
-            if model is None or optimizer is None:
+            if model is None or primary is None:
                 raise ValueError("probe= needs watch(model, optimizer, ...): it runs after optimizer.step()")
             from .probe import ProbeMaps  # imports torch; raises ValueError on a bad option or layer name
 
-            self._probe = ProbeMaps(
-                model,
-                optimizer,
-                probe=probe,
-                every=probe_every,
-                layers=probe_layers,
-                channels=probe_channels,
-                enqueue=self._enqueue_stats,
-                step_of=self._next_step,
-                on_error=self._probe_failed,
-            )
+            try:
+                self._probe = ProbeMaps(
+                    model,
+                    primary,
+                    probe=probe,
+                    every=probe_every,
+                    layers=probe_layers,
+                    channels=probe_channels,
+                    enqueue=self._enqueue_stats,
+                    step_of=self._next_step,
+                    on_error=self._probe_failed,
+                )
+            except ValueError:
+                raise
+            except Exception as exc:  # anything else: the probe is off, the rest goes on
+                _warn(f"feature-map probe disabled ({type(exc).__name__}: {exc}); training goes on")
         try:
-            hello = _hello(self, model, optimizer)
-            if optimizer is not None:
-                self._hooks.append(optimizer.register_step_post_hook(self._after_optimizer_step))
-                self._install_control(model, optimizer, scheduler, hello=hello)
-            if model is not None and optimizer is not None and stats_every > 0:
+            hello = _hello(self, model, optimizers, wrappers)
+            if primary is not None:
+                self._install_control(model, primary, scheduler, hello=hello)
+            elif unhookable:
+                hello["optimizer"] = {"type": type(unhookable[0]).__name__, "groups": []}
+                hello["commands_unavailable"] = (
+                    f"the optimizer {type(unhookable[0]).__name__} cannot be hooked (not a torch.optim.Optimizer "
+                    "and wraps none): live commands apply at optimizer.step()"
+                )
+            else:
+                hello["commands_unavailable"] = (
+                    "no optimizer was watched (watch(model) alone): live commands apply at optimizer.step()"
+                )
+            self._manual = primary is None and model is not None and _is_torch_module(model)
+            if unhookable:
+                _warn(
+                    f"the optimizer {type(unhookable[0]).__name__} cannot be hooked: statistics are measured at "
+                    "log() from the model's gradients, and live commands are off"
+                )
+            if model is not None and (primary is not None or self._manual) and stats_every > 0:
                 from .instruments import ParamStats  # imports torch: only when given torch objects
 
                 self._stats = ParamStats(
                     model,
-                    optimizer,
+                    primary,
                     every=stats_every,
                     enqueue=self._enqueue_stats,
                     step_of=self._next_step,
                     on_error=self._fail,
                     norms_every=norms_every,
                 )
-                if activations and _compiled(model):
+                if activations and several_models:
+                    self._enqueue_stats("event", None, _SEVERAL_MODELS_EVENT)
+                elif activations and _compiled(model):
                     self._enqueue_stats("event", None, _COMPILED_EVENT)
                 elif activations:
                     from .activations import ActStats
@@ -247,12 +319,12 @@ class Monitor(ControlMixin):
                         step_of=self._next_step,
                         on_error=self._fail,
                     )
-            if model is not None and optimizer is not None and hist_every > 0:
+            if model is not None and (primary is not None or self._stats is not None) and hist_every > 0:
                 from .histograms import ParamHist
 
                 self._hist = ParamHist(
                     model,
-                    optimizer,
+                    primary,
                     every=hist_every,
                     bins=hist_bins,
                     stats=self._stats,
@@ -270,6 +342,7 @@ class Monitor(ControlMixin):
                 hello=hello,
                 alerts=bool(alerts),
                 control=self._control,
+                amp_init_scale=_init_scale(scaler),
             )
             if self._stats is not None:
                 self._stats.install()
@@ -279,6 +352,13 @@ class Monitor(ControlMixin):
                 self._hist.install()
             if self._probe is not None:
                 self._probe.install()
+            if optimizers:
+                from .instruments import Hook
+
+                # Registered last: the instruments' post hooks of a step run first and still see its number.
+                for j, opt in enumerate(optimizers):
+                    hook = Hook(functools.partial(self._after_step, j))
+                    self._hooks.append(opt.register_step_post_hook(hook))
             self._thread = AgentThread(cfg, self._queue, self._counters, self._fail)
             self._configure_provenance(self._thread.provenance, stats_every)
             if self._stats is not None and norms_every is not None:
@@ -330,13 +410,26 @@ class Monitor(ControlMixin):
             elif step is None:
                 step = values
         values = kw
+        count = self._count
         if step is None:
-            step = self._step + 1
+            # The optimizer stepped since the last log: this log belongs to its latest step; otherwise one more.
+            step = self._base + count if count != self._count_at_log else self._step + 1
         self._step = step
+        if type(step) is int:
+            self._base = step - count
+        self._count_at_log = count
+        if self._scaler is not None:
+            self._amp_scale(values)
         q = self._queue
         if len(q) >= self._maxlen:
             self._drop_oldest()
         q.append((_LOG, step, _time(), values))
+        if self._manual and self._stats is not None:
+            self._in_log = True
+            try:
+                self._stats.manual_step()
+            finally:
+                self._in_log = False
 
     def log_eval(self, values: Any = None, /, step: int | None = None, **kw: Any) -> None:
         """Record evaluation scalars (validation loss, accuracy, ...) at a step.
@@ -464,25 +557,51 @@ class Monitor(ControlMixin):
     def _counters(self) -> tuple[int, int]:
         return self._dropped, self._step
 
-    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Called by torch after every ``optimizer.step()``: records each param group's hyperparameters."""
+    def _after_step(self, j: int, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Called by torch after every ``optimizer.step()`` of the ``j``-th watched optimizer: counts the step and
+        records each param group's hyperparameters (and, under a ``GradScaler``, whether the step was skipped)."""
         if self._off:
             return
         try:
+            self._counts[j] += 1
+            if j == 0:
+                self._count += 1
+                step = self._base + self._count
+            else:  # stamped like the first optimizer's step of the same iteration
+                step = self._base + min(self._counts[j], self._count + 1)
             groups = [
                 (g.get("lr"), g.get("momentum"), g.get("betas"), g.get("weight_decay"))
                 for g in optimizer.param_groups
             ]
+            found_inf = getattr(optimizer, "found_inf", None)  # set by GradScaler.step around a fused step
+            amp = None
+            if found_inf is not None and hasattr(found_inf, "detach"):
+                scale = getattr(optimizer, "grad_scale", None)
+                scale = scale.detach().clone() if hasattr(scale, "detach") else None
+                amp = (found_inf.detach().clone(), scale)
             q = self._queue
             if len(q) >= self._maxlen:
                 self._drop_oldest()
-            q.append((_OPT, self._step + 1, _time(), groups))
+            q.append((_OPT, step, _time(), (j, groups, amp)))
         except Exception as exc:
             self._fail(exc)
 
     def _next_step(self) -> int:
-        """The step an ``optimizer.step()`` being taken now belongs to (the next ``log()`` takes it)."""
-        return self._step + 1
+        """The step an ``optimizer.step()`` being taken now (or the forward before it) belongs to: one more than
+        the first optimizer's latest step, counted from where :meth:`log` last put the step; without an
+        optimizer, inside :meth:`log`, the step being logged."""
+        if self._in_log:
+            return self._step
+        return self._base + self._count + 1
+
+    def _amp_scale(self, values: dict[str, Any]) -> None:
+        """``watch(..., scaler=)``: add the GradScaler's current scale (read on the agent thread) as ``amp/scale``."""
+        try:
+            scale = getattr(self._scaler, "_scale", None)
+            if scale is not None and "amp/scale" not in values:
+                values["amp/scale"] = scale.detach().clone()
+        except Exception:
+            self._scaler = None
 
     def _enqueue_stats(self, kind: str, step: int | None, payload: Any) -> None:
         """Queue a ``layers`` table or a statistics buffer from the instruments (training thread, only appends)."""
@@ -544,9 +663,10 @@ def watch(model: Any = None, optimizer: Any = None, **options: Any) -> Monitor:
     """Start monitoring a training run.
 
     Args:
-        model: The ``torch.nn.Module`` being trained (optional).
-        optimizer: Its ``torch.optim.Optimizer`` (optional); its learning rates are then recorded every step, and
-            with a model too, per-parameter gradient and weight statistics every ``stats_every`` steps.
+        model: The ``torch.nn.Module`` being trained, or a list of them (optional).
+        optimizer: Its ``torch.optim.Optimizer``, a wrapper of one, or a list of them (optional); its learning
+            rates are then recorded every step, and with a model too, per-parameter gradient and weight statistics
+            every ``stats_every`` steps (without an optimizer, every ``stats_every`` :meth:`Monitor.log` calls).
         **options: Keyword options of :class:`Monitor` (``run=``, ``dir=``, ``endpoint=``, ``stats_every=``,
             ``hist_every=``, ``hist_bins=``, ...).
 
@@ -588,7 +708,7 @@ def _jsonable(v: Any) -> Any:
         return repr(v)
 
 
-def _hello(mon: Monitor, model: Any, optimizer: Any) -> dict[str, Any]:
+def _hello(mon: Monitor, model: Any, optimizers: list[Any], wrappers: list[str | None]) -> dict[str, Any]:
     """The hello payload: run, process, model and optimizer description (torch only if handed torch objects)."""
     hello: dict[str, Any] = {
         "run_id": mon.run_id,
@@ -602,15 +722,14 @@ def _hello(mon: Monitor, model: Any, optimizer: Any) -> dict[str, Any]:
         "run_file": str(mon.run_file) if mon.run_file else None,
         "protocol_version": protocol.PROTOCOL_VERSION,
     }
-    if model is not None or optimizer is not None:
+    if model is not None or optimizers:
         torch = sys.modules.get("torch")
         if torch is not None:
             hello["torch"] = torch.__version__
-    if model is not None:
-        if "torch" in sys.modules:  # a torch model: describe the user's module, not a DDP/compile wrapper
-            from .instruments import unwrap
+    if model is not None and _is_torch_module(model):
+        from .instruments import unwrap  # describe the user's module, not a DDP/compile wrapper
 
-            model = unwrap(model)
+        model = unwrap(model)
         params = []
         device = None
         for name, p in model.named_parameters():
@@ -637,14 +756,122 @@ def _hello(mon: Monitor, model: Any, optimizer: Any) -> dict[str, Any]:
             "trainable_params": sum(p["numel"] for p in params if p["trainable"]),
         }
         hello["device"] = device or "cpu"
-    if optimizer is not None:
+    described = []
+    for j, (optimizer, wrapper) in enumerate(zip(optimizers, wrappers, strict=True)):
         groups = []
         for g in optimizer.param_groups:
             entry = {k: _jsonable(v) for k, v in g.items() if k != "params"}
             entry["num_params"] = len(g["params"])
             groups.append(entry)
-        hello["optimizer"] = {"type": type(optimizer).__name__, "groups": groups}
+        d: dict[str, Any] = {"type": type(optimizer).__name__, "groups": groups, "prefix": opt_prefix(j)}
+        if wrapper is not None:
+            d["wrapper"] = wrapper
+        described.append(d)
+    if described:
+        hello["optimizer"] = described[0]
+    if len(described) > 1:
+        hello["optimizers"] = described
     return hello
+
+
+def opt_prefix(j: int) -> str:
+    """The metric-name prefix of the ``j``-th watched optimizer's hyperparameters: ``opt/`` for the first,
+    ``opt/o1/``, ``opt/o2/``, ... for the others (``opt/gN/`` then names their param group N > 0)."""
+    return "opt/" if j == 0 else f"opt/o{j}/"
+
+
+def _init_scale(scaler: Any) -> float | None:
+    """A ``GradScaler``'s initial loss scale, or ``None``."""
+    try:
+        return float(scaler._init_scale) if scaler is not None else None
+    except Exception:
+        return None
+
+
+def _is_torch_module(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _model_of(model: Any) -> tuple[Any, bool]:
+    """The model to watch, and whether it stands for several: a list or tuple of modules becomes one
+    ``torch.nn.ModuleDict`` keyed by their class names (a GAN's generator and discriminator); the modules
+    themselves are not changed."""
+    if not isinstance(model, (list, tuple)):
+        return model, False
+    models = [m for m in model if m is not None]
+    if len(models) <= 1:
+        return (models[0] if models else None), False
+    import torch
+
+    names = [type(m).__name__ for m in models]
+    keys = [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
+    return torch.nn.ModuleDict(dict(zip(keys, models, strict=True))), True
+
+
+def _hookable(opt: Any) -> bool:
+    """A ``torch.optim.Optimizer`` whose step hooks exist (a subclass that skipped ``Optimizer.__init__``, like
+    accelerate's ``AcceleratedOptimizer``, has none)."""
+    torch = sys.modules.get("torch")
+    return (
+        torch is not None
+        and isinstance(opt, torch.optim.Optimizer)
+        and isinstance(getattr(opt, "_optimizer_step_pre_hooks", None), dict)
+        and isinstance(getattr(opt, "_optimizer_step_post_hooks", None), dict)
+    )
+
+
+def unwrap_optimizer(opt: Any) -> tuple[Any, str | None]:
+    """The ``torch.optim.Optimizer`` inside an optimizer wrapper, and the outermost wrapper's type name.
+
+    Follows ``.optimizer`` (accelerate's ``AcceleratedOptimizer``, ZeRO-style wrappers) and ``._optimizer``
+    (Lightning's ``LightningOptimizer``) as deep as they go; the innermost object is used when it is a torch
+    optimizer with step hooks.
+
+    Args:
+        opt: An optimizer or a wrapper.
+
+    Returns:
+        ``(optimizer, wrapper type name or None)``; the object itself when nothing hookable is inside.
+    """
+    inner = opt
+    for _ in range(8):
+        nxt = None
+        for attr in ("optimizer", "_optimizer"):
+            cand = getattr(inner, attr, None)
+            if cand is not None and cand is not inner and hasattr(cand, "param_groups"):
+                nxt = cand
+                break
+        if nxt is None:
+            break
+        inner = nxt
+    if inner is not opt and _hookable(inner):
+        cls = type(opt)
+        if isinstance(opt, type(inner)) and len(cls.__mro__) > 1:  # LightningOptimizer's per-class mix-in
+            cls = cls.__mro__[1]
+        return inner, cls.__name__
+    return opt, None
+
+
+def _optimizers_of(optimizer: Any) -> tuple[list[Any], list[str | None], list[Any]]:
+    """``(hookable optimizers, their wrappers' type names, objects that cannot be hooked)`` from one optimizer,
+    a wrapper, or a list or tuple of them."""
+    if optimizer is None:
+        return [], [], []
+    given = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+    found, wrappers, bad = [], [], []
+    for o in given:
+        if o is None:
+            continue
+        real, wrapper = unwrap_optimizer(o)
+        if _hookable(real):
+            if any(real is f for f in found):
+                continue
+            found.append(real)
+            wrappers.append(wrapper)
+        else:
+            bad.append(o)
+    return found, wrappers, bad
 
 
 def _close_all(reason: str) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .instruments import unwrap
+from .instruments import Hook, unwrap
 
 MAX_SIDE = 32
 """Largest side, in pixels, of a map as sent: bigger maps are average-pooled to fit, keeping their aspect."""
@@ -310,7 +310,7 @@ class ProbeMaps:
 
     def install(self) -> list[Any]:
         """Register the optimizer step post hook; returns its handle."""
-        self._handles = [self.optimizer.register_step_post_hook(self._post)]
+        self._handles = [self.optimizer.register_step_post_hook(Hook(self._post))]
         return self._handles
 
     def remove(self) -> None:
@@ -357,7 +357,7 @@ class ProbeMaps:
         dev = probe.device
         rng_devices = [] if dev.type == "cpu" else [dev.index if dev.index is not None else 0]
         try:
-            self._temp = [m.register_forward_hook(capture(i)) for i, m in enumerate(self._modules)]
+            self._temp = [m.register_forward_hook(Hook(capture(i))) for i, m in enumerate(self._modules)]
             with (
                 torch.random.fork_rng(
                     devices=rng_devices, device_type=dev.type if dev.type != "cpu" else "cuda"

@@ -62,6 +62,8 @@ class RunConfig:
     hello: dict[str, Any]
     control: Any = None
     """The run's ``control.Controller`` (live commands), or ``None``."""
+    amp_init_scale: float | None = None
+    """``watch(..., scaler=)``: the GradScaler's initial scale (a first logged scale below it is a skipped step)."""
     alerts: bool = True
     """Run the diagnosis rules (``tuimon_agent.alerts``) on this thread and emit their ``alert`` records."""
 
@@ -105,6 +107,9 @@ class AgentThread(threading.Thread):
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RING_SIZE)
         self._pending_opt: tuple[int, float, dict[str, float]] | None = None
         self._bad_values: set[str] = set()
+        self._skipped = 0  # optimizer steps a GradScaler skipped (inf/NaN gradients)
+        self._amp_from_opt = False
+        self._last_scale: float | None = cfg.amp_init_scale
         self.provenance = Provenance()
         """Decides the run's one ``nonfinite`` event; the monitor configures it before :meth:`start`."""
         self._ended = False
@@ -316,6 +321,8 @@ class AgentThread(threading.Thread):
             )
             if tag == _LOG:
                 values = self._numbers(payload, converted)
+                if "amp/scale" in values and not self._amp_from_opt:
+                    self._amp_scale_seen(values)
                 pend = self._pending_opt
                 if pend is not None and pend[0] == step:
                     values = {**values, **pend[2]}
@@ -328,13 +335,20 @@ class AgentThread(threading.Thread):
             elif tag == _EVAL:
                 self._emit(protocol.EVAL, step, ts, {"values": self._numbers(payload, converted)})
             elif tag == _OPT:
-                self._flush_opt()
-                values = _opt_values(payload)
-                if self.cfg.control is not None and self.cfg.control.clip_norms:
+                j, groups, amp = payload
+                values = _opt_values(groups, "opt/" if j == 0 else f"opt/o{j}/")
+                if amp is not None:
+                    values.update(self._amp_step(amp))
+                if j == 0 and self.cfg.control is not None and self.cfg.control.clip_norms:
                     from .control_gate import clip_values
 
                     values.update(clip_values(self.cfg.control, step))
-                self._pending_opt = (step, ts, values)
+                pend = self._pending_opt
+                if pend is not None and pend[0] == step:  # several optimizers stepped in one iteration
+                    self._pending_opt = (step, pend[1], {**pend[2], **values})
+                else:
+                    self._flush_opt()
+                    self._pending_opt = (step, ts, values)
             elif tag == _CHECK:
                 self._emit(protocol.CHECK, step, ts, payload)
             elif tag == _LAYERS:
@@ -389,7 +403,9 @@ class AgentThread(threading.Thread):
         # torch is imported already: the training thread made the buffer.
         from .instruments import stats_payload
 
-        buf, event, names, numel = payload
+        buf, event, names, numel, skipped = payload
+        if _was_skipped(skipped):
+            return  # a GradScaler overflow step: routine, never a NaN alarm (counted as amp/skipped_steps)
         data = stats_payload(buf, event, numel)
         self._emit(protocol.PARAM_STATS, step, ts, data)
         self._nonfinite(step, ts, self.provenance.on_stats(step, data, names))
@@ -399,7 +415,9 @@ class AgentThread(threading.Thread):
         → one ``nonfinite`` event (exact where every step is measured)."""
         from .instruments import norms_payload
 
-        buf, event, names, _numel = payload
+        buf, event, names, _numel, skipped = payload
+        if _was_skipped(skipped):
+            return
         data = norms_payload(buf, event)
         self._emit(protocol.GRAD_NORMS, step, ts, data)
         self._nonfinite(step, ts, self.provenance.on_norms(step, data, names))
@@ -443,6 +461,29 @@ class AgentThread(threading.Thread):
             msg = f"step={step!r} is not an integer; records with it are kept without a step"
             self._emit(protocol.EVENT, None, time.time(), {"what": "bad_step", "message": msg[:300]})
         return None
+
+    def _amp_step(self, amp: tuple[Any, Any]) -> dict[str, float]:
+        """A fused optimizer stepped by ``GradScaler``: ``amp/scale`` and the count of skipped (overflow) steps."""
+        found_inf, scale = amp
+        self._amp_from_opt = True
+        out: dict[str, float] = {}
+        try:
+            if float(found_inf.sum()) > 0:
+                self._skipped += 1
+            if scale is not None:
+                out["amp/scale"] = float(scale.reshape(-1)[0])
+        except (TypeError, ValueError, RuntimeError):
+            return out
+        out["amp/skipped_steps"] = float(self._skipped)
+        return out
+
+    def _amp_scale_seen(self, values: dict[str, float]) -> None:
+        """``watch(..., scaler=)``: a loss scale lower than the previous one means GradScaler skipped a step."""
+        scale = values["amp/scale"]
+        last, self._last_scale = self._last_scale, scale
+        if last is not None and scale < last:
+            self._skipped += 1
+        values["amp/skipped_steps"] = float(self._skipped)
 
     def _flush_opt(self) -> None:
         pend = self._pending_opt
@@ -626,11 +667,22 @@ def _read_tensors(tensors: list[Any]) -> dict[int, float]:
     return out
 
 
-def _opt_values(groups: list[tuple[Any, Any, Any, Any]]) -> dict[str, float]:
-    """``opt/lr``, ``opt/momentum``, ``opt/beta1``, ``opt/beta2``, ``opt/weight_decay`` (group 0) and ``opt/gN/...``."""
+def _was_skipped(found_inf: Any) -> bool:
+    """Whether a statistics buffer came from a step that ``GradScaler`` skipped (its ``found_inf`` is set)."""
+    if found_inf is None:
+        return False
+    try:
+        return float(found_inf.sum()) > 0
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _opt_values(groups: list[tuple[Any, Any, Any, Any]], base: str = "opt/") -> dict[str, float]:
+    """``opt/lr``, ``opt/momentum``, ``opt/beta1``, ``opt/beta2``, ``opt/weight_decay`` (group 0) and ``opt/gN/...``;
+    ``base`` replaces ``opt/`` for the second and later optimizers (``opt/o1/lr``, ``opt/o1/g1/lr``)."""
     out: dict[str, float] = {}
     for i, (lr, momentum, betas, wd) in enumerate(groups):
-        prefix = "opt/" if i == 0 else f"opt/g{i}/"
+        prefix = base if i == 0 else f"{base}g{i}/"
         for key, v in (("lr", lr), ("momentum", momentum), ("weight_decay", wd)):
             if v is not None:
                 f = _to_float(v)
