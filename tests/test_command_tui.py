@@ -187,7 +187,7 @@ async def test_a_run_without_commands_says_so_instead_of_a_dialog(tmp_path: Path
                 await pilot.press(key)
                 assert app.screen is app.overview, key
             await _until(pilot, lambda: len(_notes(app)) >= 3, "three notices")
-            assert all("takes no commands" in n and "without an optimizer" in n for n in _notes(app))
+            assert all("takes no commands" in n and "no optimizer" in n for n in _notes(app))
             assert len(app.state.commands) == 0
     finally:
         trainer.stop()

@@ -217,9 +217,10 @@ def test_send_to_a_run_without_optimizer_answers_at_once(tmp_path: Path) -> None
         out = tuimon("send", t.run_id, "set-lr", "1e-3")
         took = time.monotonic() - begin
         assert out.returncode == 2, out
-        assert "takes no commands" in out.stderr and "without an optimizer" in out.stderr
-        # within a second of the CLI's start (the old code waited 5 s for an answer, then blamed the run)
-        assert took - start < 1.0, (took, start)
+        assert "takes no commands" in out.stderr and "no optimizer" in out.stderr
+        # at once: well under the 5 s the old code waited for an answer before blaming the run (a bound generous
+        # enough for a loaded machine; the agent's own answer below is measured in milliseconds)
+        assert took - start < 4.0, (took, start)
         # the agent itself answers a command at once, too (a sender that does not read the hello)
         client = CommandClient(t.info)
         try:

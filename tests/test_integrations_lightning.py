@@ -152,7 +152,8 @@ def test_a_stop_command_ends_the_fit(tmp_path: Path) -> None:
     assert trainer.global_step == 6  # applied at the next optimizer step, the fit ends after that batch
     recs = _records(next(tmp_path.glob("*/run.sqlite")))
     acks = [r for r in recs if r.kind == protocol.ACK]
-    assert len(acks) == 1 and acks[0].data["status"] == "applied" and acks[0].step == 6
+    # applied at step 6, then the follow-up: the framework's loop read the stop and ended ("held")
+    assert [(a.data["status"], a.step) for a in acks] == [("applied", 6), ("held", 6)]
     end = [r for r in recs if r.kind == protocol.END]
     assert end[0].data["reason"] == "stopped" and end[0].data["stop_reason"] == "from the lightning test"
 

@@ -49,7 +49,7 @@ class LiveCommandsMixin:
         if getattr(self, "display_status", self.status) == "ended":
             return "read-only: the run has ended; commands go to live runs only"
         hello = self.state.hello
-        if hello:  # its hello says whether it takes commands (a colleague's field, or no "commands" at all)
+        if hello:  # its hello says whether it takes commands (commands_unavailable, or no "commands" at all)
             why = hello.get("commands_unavailable")
             if isinstance(why, str) and why:
                 return f"this run takes no commands: {why}"
