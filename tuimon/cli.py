@@ -105,14 +105,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _demo_env() -> dict[str, str]:
     """The environment for the demo's process: this one, with the directories this process imported ``tuimon`` and
-    ``tuimon_agent`` from first on ``PYTHONPATH`` (the same code runs there, installed or from a checkout)."""
+    ``tuimon_agent`` from first on ``PYTHONPATH`` unless they are site-packages (so the same code runs there,
+    installed or from a checkout, and no site-packages directory is put before the standard library)."""
+    import site
+
     import tuimon
     import tuimon_agent
 
     env = os.environ.copy()
-    paths = [str(Path(m.__file__).resolve().parent.parent) for m in (tuimon, tuimon_agent) if m.__file__]
+    sites = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    homes = [str(Path(m.__file__).resolve().parent.parent) for m in (tuimon, tuimon_agent) if m.__file__]
+    paths = [p for p in homes if p not in sites]
     paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
 
 
