@@ -5,8 +5,9 @@
 #
 #   .ci/wheel_smoke.sh            (PYTHON=... picks the interpreter; TUIMON_SMOKE_TORCH=... the torch requirement)
 #
-# Prints one PASS/FAIL line per check and exits 1 if any failed. About two minutes on an idle 2-core machine with a
-# warm pip cache (most of it installing torch; installs skip byte-compiling, which would double that).
+# Prints one PASS/FAIL line per check and exits 1 if any failed. Measured on the 2-core machine shared with other
+# jobs (load average 5): 200 s, 90 of them installing (installs skip byte-compiling, which doubled that), then about
+# a minute removing the venv; expect less on an idle machine.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
