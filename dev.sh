@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up ./.venv once (again when a pyproject.toml changes), then runs one of:
 #   ./dev.sh demo [tuimon demo options]   train the demo CNN and open the TUI on it
-#   ./dev.sh test [pytest options]        lint, import contract, and the test suite
+#   ./dev.sh test [pytest options]        lint, import contract, the wheel smoke test (only without pytest
+#                                         options) and the test suite
+#   ./dev.sh smoke                        the wheel smoke test alone (.ci/wheel_smoke.sh: both wheels in a fresh venv)
 #   ./dev.sh bench                        the benchmarks (tables on stdout)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -25,8 +27,11 @@ case "$cmd" in
   test)
     ruff check .
     lint-imports
+    # The install users get, before the suite: with pytest options (a few files, -k ...) it is skipped.
+    [ $# -eq 0 ] && PYTHON=python .ci/wheel_smoke.sh
     exec python -m pytest -q "$@"
     ;;
+  smoke) exec env PYTHON=python .ci/wheel_smoke.sh ;;
   bench)
     python tests/benchmarks/bench_log.py
     python tests/benchmarks/bench_ingest.py
@@ -36,5 +41,5 @@ case "$cmd" in
     python tests/benchmarks/bench_probe.py
     python tests/benchmarks/bench_alerts.py
     ;;
-  *) echo "usage: ./dev.sh demo|test|bench [options]" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh demo|test|smoke|bench [options]" >&2; exit 2 ;;
 esac

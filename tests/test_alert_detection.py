@@ -1,4 +1,4 @@
-"""End to end: every ``demo/digits.py --bug`` run, monitored by the real agent, raises its matching alert on the
+"""End to end: every ``python -m tuimon.demo.digits --bug`` run, monitored by the real agent, raises its matching alert on the
 agent thread (read back from the run file), soon after the pathology is present, and nothing else at warning or
 above; the healthy run raises nothing at warning or above. ``tuimon diagnose`` recomputes the same verdicts.
 
@@ -9,9 +9,6 @@ one CPU thread. The detection table (rule x run) is printed; run with ``-s`` to 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +21,6 @@ from tuimon.diagnose import Diagnosis, diagnose_file, format_table  # noqa: E402
 from tuimon_agent import protocol  # noqa: E402
 from tuimon_agent.alerts.base import SEVERITY_RANK  # noqa: E402
 from tuimon_agent.runfile import RunFileReader  # noqa: E402
-
-DEMO = Path(__file__).resolve().parents[1] / "demo" / "digits.py"
 
 EXPECTED: dict[str, tuple[str | None, int, int]] = {
     # bug: (the rule that must fire at warning+, training steps, the step by which it must have fired)
@@ -43,15 +38,6 @@ EXPECTED: dict[str, tuple[str | None, int, int]] = {
 }
 
 
-def _load_demo() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("tuimon_demo_digits_alerts", DEMO)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _alerts_in(run_file: Path) -> list[protocol.Record]:
     with RunFileReader(run_file) as reader:
         return [r for r in reader.records() if r.kind == protocol.ALERT]
@@ -60,7 +46,8 @@ def _alerts_in(run_file: Path) -> list[protocol.Record]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every demo bug trained once with the agent attached (its alerts computed live); bug → run file."""
-    digits = _load_demo()
+    from tuimon.demo import digits
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out: dict[str, Path] = {}

@@ -1,16 +1,17 @@
-"""``demo/digits.py``: every ``--bug`` shows its pathology in the numbers of a real (short) training run.
+"""``tuimon.demo.digits``: every ``--bug`` shows its pathology in the numbers of a real (short) training run.
 
 The runs use ``--no-monitor`` and ``--pace 0``; each check reads the figures that ``train()`` returns. The
-last tests check the CLI, the pacing, and that a monitored run calls the agent API as documented.
+last tests check the CLI, the pacing, that a monitored run calls the agent API as documented, and that a real
+``stop`` command ends a real demo process early.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
+import os
+import subprocess
 import sys
 import time
-import types
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -21,21 +22,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-DEMO = Path(__file__).resolve().parents[1] / "demo" / "digits.py"
+from tuimon.demo import digits  # noqa: E402 (after the importorskips)
+
 LN10 = math.log(10)
-
-
-def _load_demo() -> types.ModuleType:
-    """Import demo/digits.py, which is a script in a folder of scripts rather than a package module."""
-    spec = importlib.util.spec_from_file_location("tuimon_demo_digits", DEMO)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-digits = _load_demo()
 
 
 @pytest.fixture(autouse=True)
@@ -158,7 +147,7 @@ def test_cli_defaults() -> None:
     a = digits.parse_args([])
     assert (a.bug, a.steps, a.pace, a.run, a.dir, a.seed, a.eval_every) == (
         "none",
-        3000,
+        12000,  # 10 minutes at the default pace: time to try live commands on it
         0.05,
         "digits-none",
         None,
@@ -224,3 +213,62 @@ def test_no_checks_skips_the_sanity_check(tmp_path: Path) -> None:
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     with RunFileReader(run_dir) as reader:
         assert not [r for r in reader.records() if r.kind == protocol.CHECK]
+
+
+@pytest.mark.slow
+def test_a_stop_command_ends_a_real_demo_process_early(tmp_path: Path) -> None:
+    """``python -m tuimon.demo.digits`` at its defaults (10 minutes) reads ``mon.should_stop``: a real ``stop``
+    sent with ``tuimon send`` ends its loop at the step the command was applied at, and the run file says why."""
+    import re
+
+    from helpers import wait_live
+
+    from tuimon_agent import protocol
+    from tuimon_agent.runfile import RunFileReader
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tuimon.demo.digits",
+            "--dir",
+            str(tmp_path),
+            "--run",
+            f"stop-{tmp_path.name}",
+            "--no-checks",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        info = wait_live(proc.pid, timeout=60.0)
+        sent = subprocess.run(
+            [sys.executable, "-m", "tuimon", "send", info.run_id, "stop", "--reason", "seen enough"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ.copy(),
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    applied = re.search(r"applied at step (\d+)", sent.stdout + sent.stderr)
+    assert applied is not None, sent.stdout + sent.stderr
+    step = int(applied.group(1))
+    assert f"none: {step} steps (stopped by a stop command at step {step}) in " in out
+    assert step < 12000
+    assert info.run_file is not None
+    with RunFileReader(info.run_file) as reader:
+        records = list(reader.records())
+    assert max(r.step for r in records if r.kind == protocol.METRICS) == step
+    evals = [r.step for r in records if r.kind == protocol.EVAL]
+    assert evals[-1] == step  # validated once more on the way out
+    end = records[-1]
+    assert end.kind == protocol.END
+    assert end.data["reason"] == "stopped" and end.data["stop_reason"] == "seen enough"

@@ -1,7 +1,7 @@
 """The probe's feature maps in the viewer: ``ProbeState`` (headless), the feature maps screen (Pilot) on a replayed
 run and on a live one, hostile records, and the half-block pixels themselves.
 
-The recorded run is the demo itself (``demo/digits.py`` in a subprocess, which passes a validation digit as the
+The recorded run is the demo itself (``python -m tuimon.demo.digits`` in a subprocess, which passes a validation digit as the
 probe), made deterministic like ``conftest.recorded_run``; nothing in the viewer is patched.
 """
 
@@ -36,7 +36,6 @@ from tuimon_agent import protocol
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-DEMO = Path(__file__).resolve().parents[1] / "demo" / "digits.py"
 PROBE_STEPS = 60
 PROBE_EVERY = 20
 
@@ -45,7 +44,16 @@ def record_probe_run(run_dir: Path) -> Path:
     """The demo CNN on digits for 60 steps in a subprocess, feature maps of its probe digit every 20 steps; the run
     file made deterministic (timestamps, ids, host). Returns the run file."""
     out = subprocess.run(
-        [sys.executable, str(DEMO), "--steps", str(PROBE_STEPS), "--pace", "0", "--no-checks"]
+        [
+            sys.executable,
+            "-m",
+            "tuimon.demo.digits",
+            "--steps",
+            str(PROBE_STEPS),
+            "--pace",
+            "0",
+            "--no-checks",
+        ]
         + ["--probe-every", str(PROBE_EVERY), "--dir", str(run_dir), "--run", "digits-probe"],
         capture_output=True,
         text=True,
@@ -290,7 +298,7 @@ def test_map_set_range_text_uses_finite_channels_only() -> None:
 
 async def test_feature_maps_follow_a_live_training_process(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(DEMO), "--steps", "100000", "--pace", "0.01", "--no-checks"]
+        [sys.executable, "-m", "tuimon.demo.digits", "--steps", "100000", "--pace", "0.01", "--no-checks"]
         + ["--probe-every", "10", "--dir", str(tmp_path), "--run", "live-probe"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,16 +18,12 @@ from tuimon_agent.checks.suite import ALL_CHECKS, run_checks
 from tuimon_agent.runfile import RunFileReader
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "demo" / "digits.py"
 
 
 def _demo():  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location("tuimon_demo_digits_checks", DEMO)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from tuimon.demo import digits  # needs scikit-learn, like the demo
+
+    return digits
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +87,7 @@ def _tuimon(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 
 
 def test_tuimon_check_on_the_demo_passes_with_a_report() -> None:
-    out = _tuimon("check", "demo/digits.py:checks")
+    out = _tuimon("check", "tuimon.demo.digits:checks")  # the module form, as the README says
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ALL_CHECKS:
         assert f"] {name}:" in out.stdout
@@ -124,7 +119,7 @@ def test_tuimon_check_fails_on_a_planted_bug_and_reports_json(tmp_path: Path) ->
 
 def test_tuimon_check_usage_errors(tmp_path: Path) -> None:
     assert "expected SCRIPT.py:FACTORY" in _tuimon("check", "nonsense").stderr
-    out = _tuimon("check", "demo/digits.py:nope")
+    out = _tuimon("check", "tuimon/demo/digits.py:nope")  # the script form
     assert out.returncode == 2 and "has no 'nope'" in out.stderr
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    return 42\n")

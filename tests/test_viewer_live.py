@@ -90,10 +90,10 @@ def test_tuimon_demo_in_tmux_as_a_user_runs_it(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while (
             time.monotonic() < deadline
-            and subprocess.run(["pgrep", "-f", "demo/digits.py --bug none --steps 400"]).returncode == 0
+            and subprocess.run(["pgrep", "-f", "tuimon.demo.digits --bug none --steps 400"]).returncode == 0
         ):
             time.sleep(0.2)
-        assert subprocess.run(["pgrep", "-f", "demo/digits.py --bug none --steps 400"]).returncode != 0
+        assert subprocess.run(["pgrep", "-f", "tuimon.demo.digits --bug none --steps 400"]).returncode != 0
         run_files = list(Path(os.environ["TUIMON_DIR"]).glob("*/run.sqlite"))
         assert len(run_files) == 1
         with RunFileReader(run_files[0]) as reader:

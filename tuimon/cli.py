@@ -104,17 +104,39 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return _run_app(source=FileSource(path, follow=args.follow))
 
 
+def _demo_env() -> dict[str, str]:
+    """The environment for the demo's process: this one, with the directories this process imported ``tuimon`` and
+    ``tuimon_agent`` from first on ``PYTHONPATH`` unless they are site-packages (so the same code runs there,
+    installed or from a checkout, and no site-packages directory is put before the standard library)."""
+    import site
+
+    import tuimon
+    import tuimon_agent
+
+    env = os.environ.copy()
+    sites = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    homes = [str(Path(m.__file__).resolve().parent.parent) for m in (tuimon, tuimon_agent) if m.__file__]
+    paths = [p for p in homes if p not in sites]
+    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    script = Path(__file__).resolve().parent.parent / "demo" / "digits.py"
-    if not script.is_file():
-        return _fail(f"the demo script is not here ({script}); run tuimon from a clone of its repository")
+    from .demo import missing_requirements  # imports neither torch nor scikit-learn
+
+    missing = missing_requirements()
+    if missing:
+        return _fail(missing)
     name = args.run or f"demo-{args.bug}"
     log_dir = Path(os.environ.get("TUIMON_DIR") or "tuimon-runs")
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     cmd = [
         sys.executable,
-        str(script),
+        "-m",
+        "tuimon.demo.digits",
         "--bug",
         args.bug,
         "--steps",
@@ -125,7 +147,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         name,
     ]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_demo_env()
+        )
     print(
         f"tuimon: started the demo (pid {proc.pid}, bug={args.bug}); its output goes to {log_path}",
         file=sys.stderr,
@@ -406,12 +430,47 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def versions() -> dict[str, str]:
+    """The installed versions of both distributions (``tuimon --version``), from their package metadata.
+
+    A package imported from a checkout that is not installed reports its ``__version__`` and says so.
+    """
+    from importlib import metadata
+
+    import tuimon
+    import tuimon_agent
+
+    out = {}
+    for dist, module in (("tuimon", tuimon), ("tuimon-agent", tuimon_agent)):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = (
+                f"{module.__version__} (not installed: imported from {Path(module.__file__ or '').parent})"
+            )
+    return out
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looks the versions up only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print("\n".join(f"{dist} {version}" for dist, version in versions().items()))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``tuimon --help``)."""
     p = argparse.ArgumentParser(
         prog="tuimon",
         description="Live, per-layer diagnosis of PyTorch training in the terminal. "
         "With no command: attach to the newest live run on this machine.",
+    )
+    p.add_argument(
+        "--version", action=_VersionAction, help="print the versions of tuimon and tuimon-agent and exit"
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("list", help="live and recent runs")
@@ -459,10 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_check)
     send_parser(sub)
     diagnose_parser(sub)
-    s = sub.add_parser("demo", help="train the demo CNN in a subprocess and watch it")
+    s = sub.add_parser(
+        "demo",
+        help="train the demo CNN in a subprocess and watch it (needs the demo extra: pip install 'tuimon[demo]')",
+    )
     s.add_argument("--bug", choices=DEMO_BUGS, default="none", help="inject one pathology (default none)")
-    s.add_argument("--steps", type=int, default=3000)
-    s.add_argument("--pace", type=float, default=0.05, help="seconds per step (0: full speed)")
+    s.add_argument("--steps", type=int, default=12000, help="optimizer steps (default 12000: 10 minutes)")
+    s.add_argument("--pace", type=float, default=0.05, help="seconds per step (0: full speed; default 0.05)")
     s.add_argument("--run", help="run name (default demo-BUG)")
     s.set_defaults(func=cmd_demo)
     return p

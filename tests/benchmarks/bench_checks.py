@@ -8,25 +8,17 @@ figure reads as "the checks cost N training steps". The target is a few seconds 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from tuimon_agent.checks.suite import ALL_CHECKS, run_checks
 
-DEMO = Path(__file__).resolve().parents[2] / "demo" / "digits.py"
-
 
 def _demo_factory():  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location("tuimon_demo_digits_bench", DEMO)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.checks
+    from tuimon.demo import digits  # needs scikit-learn
+
+    return digits.checks
 
 
 def _train_step_seconds(made: dict, steps: int = 50) -> float:

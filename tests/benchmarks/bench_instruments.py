@@ -3,7 +3,7 @@ thread; one table.
 
     python tests/benchmarks/bench_instruments.py [--steps N] [--rounds R] [--reps K]
 
-Two real models: the demo's digits CNN (``demo/digits.py``, ``build("none", 0)``, its whole training set as one batch)
+Two real models: the demo's digits CNN (``tuimon.demo.digits``, ``build("none", 0)``, its whole training set as one batch)
 and a deep MLP (100 Linear layers of 316×316: 200 parameter tensors, about 10 M parameters, batch 128, Adam). For
 each, in one process, rounds interleaved and the median round reported (``torch.set_num_threads(1)``):
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import math
 import os
 import statistics
@@ -45,7 +44,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,19 +53,15 @@ import tuimon_agent
 from tuimon_agent import histograms, instruments
 from tuimon_agent.monitor import DEFAULT_HIST_BINS, DEFAULT_HIST_EVERY, DEFAULT_STATS_EVERY
 
-DEMO = Path(__file__).resolve().parents[2] / "demo" / "digits.py"
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
 _clock = time.thread_time
 Make = Callable[[], tuple[nn.Module, torch.optim.Optimizer, Callable[[], torch.Tensor]]]
 
 
 def _digits() -> Any:
-    spec = importlib.util.spec_from_file_location("tuimon_demo_digits_bench_instruments", DEMO)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from tuimon.demo import digits  # needs scikit-learn
+
+    return digits
 
 
 def _mlp() -> tuple[nn.Module, torch.optim.Optimizer, Callable[[], torch.Tensor]]:

@@ -2,7 +2,7 @@
 
     python tests/benchmarks/bench_probe.py [--steps N] [--rounds R]
 
-Two real models: the demo's digits CNN (``demo/digits.py``, ``build("none", 0)``, batch 64 as the demo trains) and a
+Two real models: the demo's digits CNN (``tuimon.demo.digits``, ``build("none", 0)``, batch 64 as the demo trains) and a
 wider CNN on 3×64×64 images (four 3×3 conv blocks of 32-128 channels with batch norm, batch 32, Adam). For each, in
 one process, rounds interleaved and the median round reported (``torch.set_num_threads(1)``):
 
@@ -17,9 +17,7 @@ one process, rounds interleaved and the median round reported (``torch.set_num_t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,17 +29,13 @@ from torch import nn
 import tuimon_agent
 from tuimon_agent.monitor import DEFAULT_PROBE_EVERY
 
-DEMO = Path(__file__).resolve().parents[2] / "demo" / "digits.py"
 Make = Callable[[], tuple[nn.Module, torch.optim.Optimizer, Callable[[], tuple[Any, Any]], torch.Tensor]]
 
 
 def _digits() -> Any:
-    spec = importlib.util.spec_from_file_location("tuimon_demo_digits_bench_probe", DEMO)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from tuimon.demo import digits  # needs scikit-learn
+
+    return digits
 
 
 def _demo() -> tuple[nn.Module, torch.optim.Optimizer, Callable[[], tuple[Any, Any]], torch.Tensor]:

@@ -1,7 +1,9 @@
 """tuimon's demo: a small CNN on scikit-learn's 8x8 digits, with one real training pathology on demand.
 
-Run ``python demo/digits.py --bug exploding`` in one terminal and watch it with tuimon in another.
-Each ``--bug`` changes real settings (init, activations, learning rate, data); nothing fakes the numbers.
+Run ``python -m tuimon.demo.digits --bug exploding`` in one terminal and watch it with tuimon in another (or
+``tuimon demo --bug exploding`` for both at once). It needs the ``demo`` extra: ``pip install 'tuimon[demo]'``.
+Each ``--bug`` changes real settings (init, activations, learning rate, data); nothing fakes the numbers. A ``stop``
+command (``tuimon send RUN stop``, or ``S`` in the viewer) ends the loop at the next step.
 ``train()`` keeps its own sparse bookkeeping (grad norms, dead and saturated units) so that the tests can
 check each pathology really happens; that bookkeeping is the same with and without ``--no-monitor``.
 """
@@ -16,15 +18,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from torch import nn
+try:
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from torch import nn
+except ModuleNotFoundError as exc:
+    if __name__ != "__main__" or (exc.name or "").partition(".")[0] not in ("torch", "sklearn"):
+        raise
+    from tuimon.demo import missing_requirements
+
+    raise SystemExit(f"tuimon: {missing_requirements() or f'the demo cannot import {exc.name}'}") from None
 
 SPLIT_SEED = 0  # the train/validation split never changes with --seed
 VAL_FRACTION = 0.2
 BATCH = 64
 PROBE_EVERY = 10  # grad norms are sampled every this many steps, kept on the device, read at the end
+NAN_STEP_MAX = 1000  # the "nan" bug's temperature reaches 0 at a third of the run, at this step at the latest
+STEPS = 12000  # default run length: 10 minutes at the default pace, time to try live commands on it
+PACE = 0.05  # default seconds per step
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,7 @@ class Bug:
     lr: float = 0.05
     train_size: int | None = None  # keep only this many training samples
     raw_pixels: bool = False  # skip normalisation and feed 0-255 "pixel" values
-    temp_floor: float | None = None  # anneal the logit temperature 1 -> floor, reached at a third of the run
+    temp_floor: float | None = None  # anneal logit temperature 1 -> floor by 1/3 of the run or NAN_STEP_MAX
 
 
 # fmt: off
@@ -52,7 +64,8 @@ BUGS: dict[str, Bug] = {
                      "the grad norm grows 100-1e9x", act="leaky_relu", depth=8, init_gain=2.0, opt="adam"),
     "vanishing": Bug("8 hidden sigmoid layers at 0.3x init: first-layer grads ~1e-12 of the head's, "
                      "loss stuck at ln 10", act="sigmoid", depth=8, init_gain=0.3),
-    "nan": Bug("logit temperature annealed to 0 with no floor: logits/0 makes the loss NaN at 1/3 of the run",
+    "nan": Bug("logit temperature annealed to 0 with no floor: logits/0 makes the loss NaN at 1/3 of the run "
+               f"(step {NAN_STEP_MAX} at the latest)",
                temp_floor=0.0),
     "overfit": Bug("60 training samples, wide model, Adam, no regularisation: train loss -> 0, val loss up",
                    channels=(32, 64), depth=1, width=256, opt="adam", lr=1e-3, train_size=60),
@@ -190,6 +203,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         args: the parsed command line (see ``parse_args``).
 
     Returns:
+        ``steps`` (trained), ``stopped_at`` (the step a ``stop`` command ended the run at, else ``None``),
         ``losses`` (every step), ``loss_first``, ``loss_final`` (mean of the last 10 steps),
         ``first_nan_step``, ``evals`` (one dict per evaluation), ``val_loss``, ``val_acc``,
         ``dead_fraction``, ``saturated_fraction`` (all four from the last evaluation), ``val_loss_min``,
@@ -204,7 +218,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     first, last = 0, names.index("head.weight")
     gen = torch.Generator().manual_seed(args.seed)
     batch = min(BATCH, len(yt))
-    zero_temp_step = max(1, args.steps // 3)
+    zero_temp_step = max(1, min(args.steps // 3, NAN_STEP_MAX))
 
     if args.no_monitor:
         ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -220,6 +234,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     probes: list[tuple[int, torch.Tensor]] = []  # (step, grad norm per parameter)
     evals: list[dict[str, float]] = []
     order = torch.empty(0, dtype=torch.long)
+    stopped_at: int | None = None
     t0 = time.perf_counter()
     with ctx as mon:
         if mon is not None and not args.no_checks:
@@ -241,12 +256,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 probes.append((step, torch.stack(torch._foreach_norm([p.grad for p in params]))))
             optimizer.step()
             losses.append(loss.detach())
+            # A `stop` command (tuimon send RUN stop, or S in the viewer) is applied at this step's boundary: the
+            # run validates once more and leaves the loop, and its run file's `end` record says "stopped".
+            stopping = mon is not None and mon.should_stop
             if mon is not None:
                 mon.log(loss=losses[-1], acc=acc)  # detached: a queued tensor must not pin the graph
-            if step % args.eval_every == 0 or step == args.steps:
+            if step % args.eval_every == 0 or step == args.steps or stopping:
                 evals.append({"step": step, **evaluate(model, xv, yv)})
                 if mon is not None:
                     mon.log_eval(val_loss=evals[-1]["val_loss"], val_acc=evals[-1]["val_acc"])
+            if stopping:
+                stopped_at = step
+                break
             if args.pace > 0:
                 time.sleep(max(0.0, t0 + step * args.pace - time.perf_counter()))
     seconds = time.perf_counter() - t0
@@ -260,7 +281,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ratio = ratio[torch.isfinite(ratio)]
     return {
         "bug": args.bug,
-        "steps": args.steps,
+        "steps": len(losses),
+        "stopped_at": stopped_at,
         "seconds": seconds,
         "losses": loss_hist.tolist(),
         "loss_first": loss_hist[0].item(),
@@ -282,7 +304,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def checks(bug: str = "none") -> dict[str, Any]:
-    """A factory for ``tuimon check demo/digits.py:checks``: the demo's model, one batch and its loss."""
+    """A factory for ``tuimon check tuimon.demo.digits:checks``: the demo's model, one batch and its loss."""
     model, _, (xt, yt, xv, yv) = build(bug, 0, "cpu")
     return {
         "model": model,
@@ -301,16 +323,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--bug", default="none", choices=list(BUGS), help="pathology to inject (default: none)")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default: 3000)")
     p.add_argument(
-        "--pace", type=float, default=0.05, help="seconds per step, 0 = full speed (default: 0.05)"
+        "--steps", type=int, default=STEPS, help=f"optimizer steps, unless stopped earlier (default: {STEPS})"
+    )
+    p.add_argument(
+        "--pace", type=float, default=PACE, help=f"seconds per step, 0 = full speed (default: {PACE})"
     )
     p.add_argument("--run", default=None, help="run name (default: digits-<bug>)")
     p.add_argument("--dir", default=None, help="directory for run files (default: the agent's)")
     p.add_argument("--seed", type=int, default=0, help="model init and batch order (default: 0)")
     p.add_argument("--eval-every", type=int, default=50, help="validate every K steps (default: 50)")
     p.add_argument(
-        "--probe-every", type=int, default=50, help="feature maps of a validation digit every K steps (default: 50)"
+        "--probe-every",
+        type=int,
+        default=50,
+        help="feature maps of a validation digit every K steps (default: 50)",
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-monitor", action="store_true", help="train without tuimon_agent (the bare baseline)")
@@ -326,8 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)  # measured: tensors this small train faster on one CPU thread than on several
     r = train(args)
+    stopped = f" (stopped by a stop command at step {r['stopped_at']})" if r["stopped_at"] else ""
     print(
-        f"{r['bug']}: {r['steps']} steps in {r['seconds']:.1f}s, train loss {r['loss_first']:.3f} -> "
+        f"{r['bug']}: {r['steps']} steps{stopped} in {r['seconds']:.1f}s, train loss {r['loss_first']:.3f} -> "
         f"{r['loss_final']:.3g}, val loss {r['val_loss']:.3g} (min {r['val_loss_min']:.3g}), val acc "
         f"{r['val_acc']:.3f}, grad norm {r['grad_norm_first']:.3g} -> max {r['grad_norm_max']:.3g}, "
         f"dead {r['dead_fraction']:.2f}, saturated {r['saturated_fraction']:.2f}"
