@@ -52,7 +52,6 @@ class TuimonCallback(TrainerCallback):
     def __init__(self, **options: Any) -> None:
         self.options = options
         self.monitor: Monitor | None = None
-        self._last_step = -1
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Called at the beginning of training: watch the model and the real optimizer."""
@@ -65,19 +64,14 @@ class TuimonCallback(TrainerCallback):
             options["scheduler"] = getattr(
                 scheduler, "scheduler", scheduler
             )  # accelerate's AcceleratedScheduler
-        self._last_step = int(state.global_step)
         self.monitor = watch(kwargs.get("model"), optimizer, **options)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Called after each optimizer step: stamp the step; a ``stop`` command ends training."""
+        """Called after each optimizer step: a ``stop`` command ends training."""
         mon = self.monitor
         if mon is None or not mon.enabled:
             return
         try:
-            step = int(state.global_step)
-            if step != self._last_step:
-                self._last_step = step
-                mon.log({}, step=step)  # the step's optimizer values land here, the next step's on step + 1
             if mon.should_stop:
                 control.should_training_stop = True
         except Exception as exc:  # never into the training loop
