@@ -9,8 +9,8 @@ What it records:
 - at ``on_train_begin``, :func:`tuimon_agent.watch` of the model and the real torch optimizer (the Trainer hands
   callbacks accelerate's ``AcceleratedOptimizer``, unwrapped here through ``.optimizer``) and its LR scheduler (so a
   live ``set_lr`` persists under it), with the callback's keyword options;
-- after each optimizer step, the step itself (``state.global_step``), so that the optimizer's values and the
-  statistics are stamped with their own step although the Trainer logs only every ``logging_steps``;
+- each optimizer step's values and statistics carry their own step although the Trainer logs only every
+  ``logging_steps`` (the monitor counts optimizer steps itself);
 - ``on_log``: the logged dict under HF's names (``loss``, ``learning_rate``, ``grad_norm``, ``epoch``, ...) as a
   ``metrics`` record at ``state.global_step``; keys with an evaluation prefix (``eval_loss``, ``eval_runtime``,
   ``test_...``) as an ``eval`` record instead, prefix kept (the viewer pairs ``eval_loss`` with ``loss``);
