@@ -55,13 +55,17 @@ class Bug:
     train_size: int | None = None  # keep only this many training samples
     raw_pixels: bool = False  # skip normalisation and feed 0-255 "pixel" values
     temp_floor: float | None = None  # anneal logit temperature 1 -> floor by 1/3 of the run or NAN_STEP_MAX
+    # backward() of loss * loss_growth**step: gradients grow geometrically whatever the machine's rounding (a deep
+    # net at a high Adam LR explodes or recovers depending on the last bits of its first steps)
+    loss_growth: float | None = None
 
 
 # fmt: off
 BUGS: dict[str, Bug] = {
     "none": Bug("healthy: SGD+momentum on standardised inputs; loss falls from ln 10 to ~0, val acc ~98%"),
-    "exploding": Bug("8 hidden leaky-ReLU layers at 2x init, no normalisation, Adam lr=0.05, no clipping: "
-                     "the grad norm grows 100-1e9x", act="leaky_relu", depth=8, init_gain=2.0, opt="adam"),
+    "exploding": Bug("8 hidden leaky-ReLU layers at 2x init, no normalisation, Adam lr=0.05, no clipping, and a "
+                     "hand-rolled loss scale that grows 5 % a step and is never unscaled: the grad norm grows "
+                     "100-1e6x", act="leaky_relu", depth=8, init_gain=2.0, opt="adam", loss_growth=1.05),
     "vanishing": Bug("8 hidden sigmoid layers at 0.3x init: first-layer grads ~1e-12 of the head's, "
                      "loss stuck at ln 10", act="sigmoid", depth=8, init_gain=0.3),
     "nan": Bug("logit temperature annealed to 0 with no floor: logits/0 makes the loss NaN at 1/3 of the run "
@@ -251,7 +255,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             loss = F.cross_entropy(logits, y)
             acc = (logits.argmax(1) == y).float().mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if cfg.loss_growth is not None:  # the "exploding" bug's loss scale, never unscaled
+                (loss * cfg.loss_growth ** min(step, 400)).backward()
+            else:
+                loss.backward()
             if step == 1 or step % PROBE_EVERY == 0:
                 probes.append((step, torch.stack(torch._foreach_norm([p.grad for p in params]))))
             optimizer.step()
