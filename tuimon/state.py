@@ -39,6 +39,9 @@ _STEP_LIMIT = (
 )  # steps beyond +-2**62 (a corrupt counter) are treated as missing, so int64 never overflows
 _RATE_SAMPLE_S = 0.25  # one (ts, step) sample per quarter second of agent time ...
 _RATE_SAMPLES = 40  # ... over the last ~10 s
+RATE_MIN_SECONDS = 1.0
+"""The speed is shown only once the records it comes from span at least this much agent time (a rate from the
+first two or three steps says more about start-up than about training)."""
 _EVAL_PREFIXES = ("val_", "eval_", "valid_", "validation_", "test_", "val/", "eval/", "valid/", "test/")
 _TRAIN_PREFIXES = ("train_", "train/")
 
@@ -406,14 +409,15 @@ class RunState:
 
     # -- queries ----------------------------------------------------------------------------------------------------
 
-    def steps_per_second(self) -> float:
-        """Training steps per second of agent time over the last ~10 s of records, 0.0 when unknown."""
+    def steps_per_second(self) -> float | None:
+        """Training steps per second of agent time over the last ~10 s of records; ``None`` while unknown (less
+        than :data:`RATE_MIN_SECONDS` of records so far)."""
         if not self._rate or self._rate_end is None:
-            return 0.0
+            return None
         t0, s0 = self._rate[0]
         t1, s1 = self._rate_end
-        if t1 <= t0:
-            return 0.0
+        if t1 - t0 < RATE_MIN_SECONDS:
+            return None
         return max(0.0, (s1 - s0) / (t1 - t0))
 
     def elapsed(self) -> float:

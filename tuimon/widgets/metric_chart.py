@@ -117,6 +117,8 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
         self._mark: tuple[str, int] | None = None
         self.markers_drawn: list[Marker] = []
         """The markers the last build drew (tests read it)."""
+        self.xtick_labels: list[str] = []
+        """The step axis's labels in the last build."""
         self.updates = 0
         """How many times :meth:`update` ran (tests use it to check the repaint rate)."""
         self.renders = 0
@@ -258,8 +260,9 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
         lo, hi = float(steps[0]), float(steps[-1])
         if self._eval is not None and self._eval.last_step is not None:
             hi = max(hi, float(self._eval.last_step))
-        ticks = nice_ticks(lo, hi, max(2, width // 14))
-        plt.xticks(ticks, [step_label(t) for t in ticks])
+        ticks = nice_ticks(lo, hi, max(2, width // 14), integer=True)
+        self.xtick_labels = [step_label(t) for t in ticks]
+        plt.xticks(ticks, self.xtick_labels)
         for m in self.markers_drawn:  # first, so that the lines are drawn over them
             plt.vline(m.step, MARKER_STYLES.get(m.kind, (OTHER_MARKER_COLOR, ""))[0])
         if self.marked_step is not None and lo <= self.marked_step <= hi:

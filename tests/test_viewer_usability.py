@@ -1,0 +1,170 @@
+"""What a new user saw in the viewer at 80×24 and 60×15 (issue 14): help that wraps, the run panel on a key, a
+header that keeps the run name, round axis steps, a speed only once it means something, loading before the history,
+markers that differ without colour, and a bounded metric list. Pilot on the real app and the real ``RunState``."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_app import plain, wait_loaded
+from textual.geometry import Region
+from textual.pilot import Pilot
+from textual.widget import Widget
+from textual.widgets import Static
+
+from tuimon.app import make_app
+from tuimon.messages import SourceUpdated
+from tuimon.screens import HelpScreen, RunInfoScreen
+from tuimon.screens.help import COUNTERS, KEYS, STATES
+from tuimon.source import FileSource, SourceUpdate
+from tuimon.widgets import MetricChart, NoticeBar, RunHeader, RunInfo
+from tuimon_agent import protocol
+from tuimon_agent.runfile import RunFileReader
+
+
+def _lines(widget: Widget) -> list[str]:
+    """What a widget shows on screen, line by line, as plain text."""
+    strips = widget.render_lines(Region(0, 0, widget.size.width, widget.size.height))
+    return [s.text.rstrip() for s in strips]
+
+
+async def test_help_wraps_inside_its_box_at_80x24(recorded_run: Path) -> None:
+    app = make_app(FileSource(recorded_run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_loaded(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        text = app.screen.query_one("#help-text", Static)
+        box = text.parent
+        assert box is not None
+        # The text fits beside the scrollbar: nothing scrolls sideways, nothing is drawn under the scrollbar.
+        assert box.max_scroll_x == 0
+        assert text.region.right <= box.scrollable_content_region.right
+        # Every description is there in full, wrapped onto as many lines as it needs.
+        box.styles.max_height = None
+        text.styles.height = "auto"
+        await pilot.pause()
+        shown = " ".join(" ".join(_lines(text)).split())
+        for _, what in (*KEYS, *STATES, *COUNTERS):
+            assert " ".join(what.split()) in shown, what
+
+
+# -- item 4: the run panel on a key; a header that keeps the run name; the run file path elided -------------------
+
+
+async def test_i_shows_the_run_panel_at_80_columns(recorded_run: Path) -> None:
+    app = make_app(FileSource(recorded_run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_loaded(pilot)
+        assert not app.overview.query_one(RunInfo).display or not app.overview.query_one(RunInfo).region.width
+        await pilot.press("i")
+        await pilot.pause()
+        assert isinstance(app.screen, RunInfoScreen)
+        info = app.screen.query_one(RunInfo)
+        keys = [k for k, _ in info.lines]
+        assert keys == ["run id", "model", "optimizer", "device", "process", "command", "run file"]
+        assert dict(info.lines)["run file"] == app.state.hello["run_file"]
+        box = info.parent
+        assert box is not None and box.max_scroll_x == 0  # long values wrap, nothing scrolls sideways
+        shown = "".join(_lines(info))
+        assert str(recorded_run.name) in shown
+        await pilot.press("i")
+        await pilot.pause()
+        assert app.screen is app.overview
+        await pilot.press("i", "escape")
+        await pilot.pause()
+        assert app.screen is app.overview
+
+
+@pytest.mark.parametrize("size", [(60, 15), (80, 24)])
+async def test_the_header_keeps_the_run_name_when_narrow(recorded_run: Path, size: tuple[int, int]) -> None:
+    app = make_app(FileSource(recorded_run))
+    async with app.run_test(size=size) as pilot:
+        await wait_loaded(pilot)
+        header = plain(app.overview.query_one(RunHeader))
+        assert header.startswith("fixture") and "step 300" in header and "● replay" in header
+        assert len(header) <= size[0]
+
+
+async def test_the_notice_line_elides_the_run_file_path_from_the_left() -> None:
+    run_file = (
+        "/home/someone/projects/a-rather-long-project-name/experiments/tuimon-runs/mnist-20260101/run.sqlite"
+    )
+    hello = protocol.Record(
+        protocol.HELLO, 1, None, 0.0, {"run_id": "r", "name": "mnist", "run_file": run_file}
+    )
+    loss = protocol.Record(protocol.METRICS, 2, 1, 0.0, {"values": {"loss": 1.0}})
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.post_message(SourceUpdated(SourceUpdate([hello, loss], status="live")))
+        await _until(pilot, lambda: "mnist" in plain(app.overview.query_one(RunHeader)))
+        notice = app.overview.query_one(NoticeBar)
+        text = plain(notice)
+        assert len(text) <= notice.content_size.width
+        assert text.startswith("no events · run file …/") and text.endswith("mnist-20260101/run.sqlite")
+
+
+# -- item 9: step axis labels without repeats; a speed only once it means something ----------------------------------
+
+
+async def test_early_frames_label_whole_steps_and_hold_back_the_speed() -> None:
+    records = [protocol.Record(protocol.HELLO, 1, None, 1000.0, {"run_id": "r", "name": "paced"})]
+    # Step 1 came quickly after start-up, then the run is paced at 20 it/s: at step 2 no speed is known yet.
+    for seq, step, ts in ((2, 1, 1000.0), (3, 2, 1000.0049)):
+        records.append(protocol.Record(protocol.METRICS, seq, step, ts, {"values": {"loss": 1.0 / step}}))
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.post_message(SourceUpdated(SourceUpdate(records, status="live")))
+        chart = app.overview.query_one(MetricChart)
+        await _until(pilot, lambda: chart.renders > 0 and chart.xtick_labels)
+        assert chart.xtick_labels == ["1", "2"]
+        header = plain(app.overview.query_one(RunHeader))
+        assert "step 2  – it/s" in header, header
+        more = [
+            protocol.Record(
+                protocol.METRICS, seq, seq - 1, 1000.0049 + 0.05 * (seq - 3), {"values": {"loss": 0.1}}
+            )
+            for seq in range(4, 30)
+        ]
+        app.post_message(SourceUpdated(SourceUpdate(more)))
+        await _until(pilot, lambda: "step 28" in plain(app.overview.query_one(RunHeader)))
+        speed = re.search(r"([\d.]+) it/s", plain(app.overview.query_one(RunHeader)))
+        assert speed is not None and float(speed.group(1)) == pytest.approx(20.0, rel=0.05)
+
+
+# -- item 22: "loading" until the history has arrived ----------------------------------------------------------------
+
+
+async def test_a_late_join_says_loading_until_the_history_has_arrived(recorded_run: Path) -> None:
+    with RunFileReader(recorded_run) as reader:
+        history = list(reader.records())
+    history = [r for r in history if r.kind != protocol.END]
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.post_message(SourceUpdated(SourceUpdate(history[:1], status="loading")))
+        header = app.overview.query_one(RunHeader)
+        await _until(pilot, lambda: "● loading" in plain(header))
+        assert "step 0" not in plain(header) and "loading history…" in plain(header)
+        waiting = app.overview.query_one("#waiting", Static)
+        assert app.overview.has_class("-empty") and str(waiting.render()) == "loading fixture…"
+        app.post_message(SourceUpdated(SourceUpdate(history[1:100])))  # part of it: still loading
+        await _until(pilot, lambda: app.state.last_seq == history[99].seq and not app._dirty)
+        await pilot.pause()
+        assert "loading history…" in plain(header) and app.overview.has_class("-empty")
+        app.post_message(SourceUpdated(SourceUpdate(history[100:], status="live")))
+        await _until(pilot, lambda: "● live" in plain(header))
+        assert "step 300" in plain(header) and not app.overview.has_class("-empty")
+
+
+async def _until(pilot: Pilot, condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait (pausing the app) until ``condition()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met after {timeout}s")
+        await pilot.pause(0.05)
