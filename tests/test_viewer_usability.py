@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from tuimon.messages import SourceUpdated
 from tuimon.screens import HelpScreen, RunInfoScreen
 from tuimon.screens.help import COUNTERS, KEYS, STATES
 from tuimon.source import FileSource, SourceUpdate
-from tuimon.widgets import MetricChart, NoticeBar, RunHeader, RunInfo
+from tuimon.state import METRIC_NAMES_KEPT, RunState
+from tuimon.widgets import MetricChart, MetricList, NoticeBar, RunHeader, RunInfo
 from tuimon_agent import protocol
 from tuimon_agent.runfile import RunFileReader
 
@@ -168,3 +170,57 @@ async def _until(pilot: Pilot, condition: Callable[[], object], timeout: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met after {timeout}s")
         await pilot.pause(0.05)
+
+
+# -- item 17: a new metric name per step does not exhaust the viewer ---------------------------------------------------
+
+
+def _one_name_per_step(n: int) -> list[protocol.Record]:
+    """What ``log(**{f"loss_{step}": ...})`` sends: a new metric name on every step."""
+    hello = protocol.Record(protocol.HELLO, 1, None, 1000.0, {"run_id": "names", "name": "names"})
+    return [hello] + [
+        protocol.Record(
+            protocol.METRICS, i + 2, i, 1000.0 + i * 0.01, {"values": {f"loss_{i}": 1.0 / (i + 1)}}
+        )
+        for i in range(n)
+    ]
+
+
+def test_many_metric_names_keep_the_state_bounded() -> None:
+    records = _one_name_per_step(10_000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        state = RunState()
+        state.apply_many(records)
+        state.apply(protocol.Record(protocol.METRICS, 10_002, 10_000, 1100.0, {"values": {"loss_3": 0.5}}))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(state.train) == METRIC_NAMES_KEPT and list(state.train)[:2] == ["loss_0", "loss_1"]
+    assert state.names_dropped == 10_000 - METRIC_NAMES_KEPT
+    assert state.train["loss_3"].last_value == 0.5  # a kept name still updates
+    # ~106 KiB per kept series (256 of them: ~27 MiB), and a few bytes per dropped name: not 10,000 series (1 GiB).
+    print(f"10,000 names: the state grew by {grown / 2**20:.1f} MiB")
+    assert grown < 40 * 2**20, f"{grown / 2**20:.1f} MiB"
+
+
+@pytest.mark.slow
+async def test_many_metric_names_paint_quickly_and_say_what_is_not_shown() -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        start = time.monotonic()
+        app.post_message(SourceUpdated(SourceUpdate(_one_name_per_step(10_000), status="live")))
+        metrics = app.overview.query_one(MetricList)
+        await _until(pilot, lambda: metrics.names and not app._dirty, timeout=60)
+        await pilot.pause()
+        seconds = time.monotonic() - start
+        assert len(metrics.names) == METRIC_NAMES_KEPT
+        assert (
+            metrics.border_subtitle
+            == f"{10_000 - METRIC_NAMES_KEPT:,} more metric names not shown (first 256 kept)"
+        )
+        assert seconds < 20, seconds
+        repaints = app.repaints
+        app.post_message(SourceUpdated(SourceUpdate(_one_name_per_step(10_000)[1:])))  # duplicates: a repaint
+        await _until(pilot, lambda: app.repaints > repaints and not app._dirty, timeout=30)

@@ -32,6 +32,14 @@ from .series import CHUNK, Series
 EVENTS_KEPT = 200
 """How many of the latest ``event`` records a :class:`RunState` keeps."""
 MARKERS_KEPT = 256
+METRIC_NAMES_KEPT = 256
+"""How many metric names (train and eval together) a :class:`RunState` keeps a series for: the first ones seen.
+Each :class:`Series` holds ~106 KiB, so a script that logs a new name per step (``f"loss_{step}"``) would otherwise
+grow the viewer by that much per step. Values of names beyond the cap are dropped and the names counted
+(:attr:`RunState.names_dropped`); the metric list says so."""
+DROPPED_NAMES_COUNTED = 100_000
+"""Distinct dropped names counted exactly; past this many, :attr:`RunState.names_dropped` stops growing (the list
+then says "at least")."""
 """How many of the latest chart markers (alert onsets, applied commands) a :class:`RunState` keeps."""
 
 _STEP_LIMIT = (
@@ -46,7 +54,7 @@ _EVAL_PREFIXES = ("val_", "eval_", "valid_", "validation_", "test_", "val/", "ev
 _TRAIN_PREFIXES = ("train_", "train/")
 
 
-__all__ = ["CHUNK", "EVENTS_KEPT", "MARKERS_KEPT", "Marker", "RunState", "Series"]
+__all__ = ["CHUNK", "EVENTS_KEPT", "MARKERS_KEPT", "METRIC_NAMES_KEPT", "Marker", "RunState", "Series"]
 
 
 class Marker(NamedTuple):
@@ -107,6 +115,7 @@ class RunState:
         self.name: str | None = None
         self.train: dict[str, Series] = {}
         self.eval: dict[str, Series] = {}
+        self._dropped_names: set[str] = set()
         self.step = 0
         self.last_seq = 0
         self.received = 0
@@ -345,12 +354,27 @@ class RunState:
             if s is None:
                 if type(name) is not str:
                     continue
+                if len(self.train) + len(self.eval) >= METRIC_NAMES_KEPT:
+                    self._drop_name(table, name)
+                    continue
                 s = table[name] = Series(name, capacity=self._capacity, tail=self._tail)
             s._ps.append(step)
             pv = s._pv
             pv.append(v)
             if len(pv) >= CHUNK:
                 s._fold()
+
+    def _drop_name(self, table: dict[str, Series], name: str) -> None:
+        """Count a metric name past :data:`METRIC_NAMES_KEPT` (its values are not kept)."""
+        dropped = self._dropped_names
+        if len(dropped) < DROPPED_NAMES_COUNTED:
+            dropped.add(("e:" if table is self.eval else "t:") + name)
+
+    @property
+    def names_dropped(self) -> int:
+        """Distinct metric names whose values were dropped because :data:`METRIC_NAMES_KEPT` names were already
+        kept (counted up to :data:`DROPPED_NAMES_COUNTED`)."""
+        return len(self._dropped_names)
 
     def _heartbeat(self, rec: protocol.Record) -> None:
         d = rec.data
