@@ -33,7 +33,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("  h  enter", "layers: a tensor's weight / gradient histograms"),
     ("  ← ↑ ↓ →", "layers: move the heatmap's cursor (its value below)"),
     ("  + -  [ ]", "layers: zoom in / out, scroll older / newer"),
-    ("  o  /", "layers: sort the table, filter it by name"),
+    ("  o  /", "layers: sort the table, filter the tables by name (the heatmap keeps its keys)"),
     ("  f", "layers: the probe input's feature maps ([ ] next layer, m colours)"),
     ("A", "alerts: focus the alert panel (↑ ↓ pick, enter details, a its action); on a badge, open them"),
     ("  c  g", "alert details: show it in the chart / in the layers heatmap at its onset"),

@@ -4,7 +4,8 @@ Each cell is a half block (``▀``, foreground = the upper row's colour, backgro
 text shows two parameter rows. Colours follow viridis (perceptually uniform, legible to colour-blind readers, and
 still ordered when Rich downsamples it to 256 colours) on a log scale (linear 0–100 % for the zero fraction);
 NaN/Inf cells are bright magenta, outside the map, and counted in the legend. When the tensors outnumber the rows,
-consecutive tensors are grouped by module prefix (``layer3.*``) and each group shows its maximum. The same widget
+consecutive tensors are grouped by module prefix (``layer3.*``) and each group shows its maximum (one group a line
+when they fit so, else just enough groups to fill the lines two rows each). The same widget
 shows the measured modules' dead and saturated output fractions over the run (an :class:`~tuimon.layers.ActState`
 in place of the :class:`~tuimon.layers.LayerState`: modules down instead of tensors).
 """
@@ -119,6 +120,61 @@ def group_rows(names: list[str], max_rows: int) -> list[tuple[str, int, int]]:
         first, last = names[a].rpartition(".")[0] or names[a], names[b - 1].rpartition(".")[0] or names[b - 1]
         out.append((f"{first}…{last}.*" if first != last else f"{first}.*", a, b))
     return out
+
+
+def fill_rows(names: list[str], max_rows: int) -> list[tuple[str, int, int]]:
+    """Like :func:`group_rows`, but with just enough consecutive names grouped by module prefix to fit, the deepest
+    prefixes first and in model order: 22 tensors on 20 rows are 18 tensors and 2 groups (10 lines of half blocks),
+    where :func:`group_rows` makes 12 groups (6 lines of half blocks, 4 left empty).
+
+    Args:
+        names: Parameter names, model order.
+        max_rows: The most rows wanted (>= 1).
+
+    Returns:
+        ``(label, start, stop)`` per row: the names ``names[start:stop]``.
+    """
+    n = len(names)
+    max_rows = max(1, max_rows)
+    if n <= max_rows:
+        return [(name, i, i + 1) for i, name in enumerate(names)]
+    parts = [name.split(".") for name in names]
+    rows: list[tuple[str | None, int, int]] = [(None, i, i + 1) for i in range(n)]  # (group key, start, stop)
+    for depth in range(max(len(p) for p in parts) - 1, 0, -1):
+        count = len(rows)
+        merged: list[tuple[str | None, int, int]] = []
+        j = 0
+        while j < len(rows):
+            a = rows[j][1]
+            key = ".".join(parts[a][:depth]) if len(parts[a]) > depth else None
+            k = j + 1
+            while key is not None and k < len(rows) and _prefix(parts, rows[k], depth) == key:
+                k += 1
+            if k - j > 1 and count > max_rows:
+                merged.append((key, a, rows[k - 1][2]))
+                count -= k - j - 1
+            else:
+                merged.extend(rows[j:k])
+            j = k
+        rows = merged
+        if count <= max_rows:
+            return [(names[a] if key is None else f"{key}.*", a, b) for key, a, b in rows]
+    size = math.ceil(n / max_rows)
+    out = []
+    for a in range(0, n, size):
+        b = min(n, a + size)
+        first, last = names[a].rpartition(".")[0] or names[a], names[b - 1].rpartition(".")[0] or names[b - 1]
+        out.append((f"{first}…{last}.*" if first != last else f"{first}.*", a, b))
+    return out
+
+
+def _prefix(parts: list[list[str]], row: tuple[str | None, int, int], depth: int) -> str | None:
+    """The module prefix ``depth`` deep that every name of ``row`` shares, or ``None``."""
+    _, a, b = row
+    if any(len(parts[i]) <= depth for i in range(a, b)):
+        return None
+    key = ".".join(parts[a][:depth])
+    return key if all(".".join(parts[i][:depth]) == key for i in range(a + 1, b)) else None
 
 
 def pair_label(upper: str, lower: str | None) -> str:
@@ -411,6 +467,9 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
                 values, bad = values[keep], bad[keep]
         lines = self._heat_lines()
         self.rows = group_rows(names, 2 * lines)
+        if len(self.rows) > lines and len(self.rows) < len(names):
+            # Groups on half-block lines would leave lines empty: group only as many tensors as needed instead.
+            self.rows = fill_rows(names, 2 * lines)
         self.grouped = len(self.rows) < len(names)
         self._lines_rows = self._line_rows(lines)
         label_w = self._label_width()
