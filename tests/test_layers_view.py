@@ -377,6 +377,10 @@ async def test_a_nan_gradient_is_painted_in_the_nan_colour(cnn_run: Path) -> Non
             row = text.split("▸")[0].split("▀")[0].strip() or row  # a row's 2nd and 3rd lines have no label
             colours = {c.name for s in segments if s.style for c in (s.style.color, s.style.bgcolor) if c}
             assert (NONFINITE_COLOR in colours) == (row == "fc2.bias"), row
+            assert ("×" in text) == (row == "fc2.bias"), (
+                row
+            )  # a shape too: told apart without colour (NO_COLOR)
+        assert f"× NaN/Inf {heatmap.nonfinite_cells}" in legend and "■ not measured" in legend
         # The cursor reads it out (+: one sample a cell).
         await pilot.press("plus", "down", "down", "down", "down", "down", "down", "down", "down", "down")
         for _ in range(CNN_STEPS - NAN_STEP):

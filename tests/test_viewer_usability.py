@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from rich.text import Text
 from test_app import plain, wait_loaded
 from textual.geometry import Region
 from textual.pilot import Pilot
@@ -224,3 +225,38 @@ async def test_many_metric_names_paint_quickly_and_say_what_is_not_shown() -> No
         repaints = app.repaints
         app.post_message(SourceUpdated(SourceUpdate(_one_name_per_step(10_000)[1:])))  # duplicates: a repaint
         await _until(pilot, lambda: app.repaints > repaints and not app._dirty, timeout=30)
+
+
+# -- item 12: without colour, the markers still differ -------------------------------------------------------------
+
+
+async def test_chart_markers_differ_without_colour(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    records = [protocol.Record(protocol.HELLO, 1, None, 0.0, {"run_id": "r", "name": "markers"})]
+    records += [
+        protocol.Record(protocol.METRICS, i + 2, i, 0.0, {"values": {"loss": 1.0 / (i + 1)}})
+        for i in range(100)
+    ]
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert app.no_color
+        app.post_message(SourceUpdated(SourceUpdate(records, status="live")))
+        chart = app.overview.query_one(MetricChart)
+        await _until(pilot, lambda: chart.renders > 0)
+        for step, kind in (
+            (20, "alert:critical"),
+            (40, "alert:warning"),
+            (60, "alert:info"),
+            (80, "command"),
+        ):
+            app.state.add_marker(step, kind, kind)
+        app._dirty = True
+        await _until(pilot, lambda: len(chart.markers_drawn) == 4)
+        chart.min_interval = 0.0
+        chart.mark_step(None, None)  # rebuild now
+        await pilot.pause()
+        legend = Text.from_markup(str(chart.border_subtitle)).plain
+        assert "alerts ! critical ▲ warning i info  » command" in legend, legend
+        inside = _lines(chart)[1:-1]  # not the border (its legend has the glyphs too)
+        top = next((line for line in inside if "!" in line), "")
+        assert all(g in top for g in "!▲i»"), inside  # each line's glyph on the plot's top line

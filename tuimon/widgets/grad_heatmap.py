@@ -3,7 +3,7 @@
 Each cell is a half block (``▀``, foreground = the upper row's colour, background = the lower row's), so a line of
 text shows two parameter rows. Colours follow viridis (perceptually uniform, legible to colour-blind readers, and
 still ordered when Rich downsamples it to 256 colours) on a log scale (linear 0–100 % for the zero fraction);
-NaN/Inf cells are bright magenta, outside the map, and counted in the legend. When the tensors outnumber the rows,
+NaN/Inf cells are a bright magenta ``×`` (a shape as well as a colour), outside the map, and counted in the legend. When the tensors outnumber the rows,
 consecutive tensors are grouped by module prefix (``layer3.*``) and each group shows its maximum (one group a line
 when they fit so, else just enough groups to fill the lines two rows each). The same widget
 shows the measured modules' dead and saturated output fractions over the run (an :class:`~tuimon.layers.ActState`
@@ -54,6 +54,9 @@ VIRIDIS = (
 """Viridis sampled at ten stops, dark (low) to yellow (high)."""
 NONFINITE_COLOR = "#ff00ff"
 """NaN or Inf: bright magenta, which viridis never reaches."""
+NONFINITE_CHAR = "×"
+"""A cell (two rows) with a NaN or Inf is drawn as this, not as a half block: it differs from "not measured" and
+from every value without colour too (``NO_COLOR``, monochrome terminals)."""
 MISSING_COLOR = "#3a3a3a"
 """Not measured (no gradient, no update ratio): dark grey."""
 CURSOR_COLOR = "#ffffff"
@@ -563,7 +566,13 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
                 for x, (a, b) in enumerate(zip(up, down, strict=True)):
                     ca = CURSOR_COLOR if cur[x] and self.cursor_row == r0 else _color(a)
                     cb = CURSOR_COLOR if cur[x] and self.cursor_row == r1 else _color(b)
-                    segs.append(_cell(ca, cb, base))
+                    if (
+                        a == _NONFINITE or b == _NONFINITE
+                    ):  # a shape, not only a colour: "×" over the other half
+                        mark = CURSOR_COLOR if cur[x] and self.cursor_row in (r0, r1) else NONFINITE_COLOR
+                        segs.append(_cell(mark, cb if a == _NONFINITE else ca, base, NONFINITE_CHAR))
+                    else:
+                        segs.append(_cell(ca, cb, base))
             self._lines.append(Strip(segs).simplify())
 
         # Time axis: the first and last step shown.
@@ -586,7 +595,7 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
         legend += [
             _cell(PALETTE[round(i / (bar_w - 1) * (LEVELS - 1))], None, base, "█") for i in range(bar_w)
         ]
-        legend += [Segment(" " + hi_txt + "  ", axis), _cell(NONFINITE_COLOR, None, base, "■")]
+        legend += [Segment(" " + hi_txt + "  ", axis), _cell(NONFINITE_COLOR, None, base, NONFINITE_CHAR)]
         nonfinite = base + self.component_style("grad-heatmap--nonfinite") if self.nonfinite_cells else axis
         legend += [
             Segment(f" NaN/Inf {self.nonfinite_cells}  ", nonfinite),
