@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import _make_deterministic
 from test_app import wait_loaded
+from textual import events
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
@@ -601,3 +602,25 @@ async def test_22_tensors_use_every_line_at_80x24(tmp_path: Path) -> None:
         assert heatmap.grouped and len(heatmap.rows) == 2 * lines  # two rows on every line, none left empty
         assert len(heatmap._lines_rows) == lines
         assert sum(b - a for _, a, b in heatmap.rows) == 22
+
+
+async def test_a_filter_typed_in_one_burst_lands_in_the_box(cnn_run: Path) -> None:
+    """``/conv`` typed faster than the app handles keys: each key is queued for the heatmap before ``/`` has moved
+    the focus to the box. They must all land in the box (``c`` would otherwise open the clip dialog)."""
+    app = make_app(FileSource(cnn_run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open_layers(pilot)
+        for ch in "/conv":
+            app.post_message(events.Key("slash" if ch == "/" else ch, ch))
+        box = screen.query_one("#layers-filter", Input)
+        table = screen.query_one(LayerTable)
+        deadline = time.monotonic() + 10
+        while (box.value != "conv" or len(table.names) != 4) and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        assert box.value == "conv" and box.has_focus and app.screen is screen
+        assert sorted(screen.query_one(LayerTable).names) == [
+            "conv1.bias",
+            "conv1.weight",
+            "conv2.bias",
+            "conv2.weight",
+        ]

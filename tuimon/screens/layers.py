@@ -245,7 +245,7 @@ class LayersScreen(Screen[None]):
         """Open the filter box (it filters both tables: parameter tensors and modules, by name)."""
         box = self.query_one("#layers-filter", Input)
         self.add_class("-filtering")
-        box.focus()
+        self.set_focus(box)  # at once: box.focus() would wait behind the keys already queued
 
     @on(Input.Changed, "#layers-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
@@ -261,6 +261,19 @@ class LayersScreen(Screen[None]):
 
     def on_key(self, event: Key) -> None:
         box = self.query_one("#layers-filter", Input)
+        # "/head" typed in one burst: the keys after "/" were queued for the heatmap before the box took the focus,
+        # and reach this screen before the app runs the "/" binding. Open the box here, at once, and put them in it
+        # (the box stops the keys it takes itself), rather than run "h" (histograms) and "a" (activations).
+        if event.key == "slash" and not self.has_class("-filtering"):
+            event.stop()
+            event.prevent_default()
+            self.action_filter()
+            return
+        if self.has_class("-filtering") and event.is_printable and event.character:
+            event.stop()
+            event.prevent_default()
+            box.insert_text_at_cursor(event.character)
+            return
         if event.key == "escape" and box.has_focus:
             event.stop()
             event.prevent_default()

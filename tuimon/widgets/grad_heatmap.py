@@ -441,9 +441,10 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
             return rows[upper][0] if y == 0 or self._lines_rows[y - 1][0] != upper else ""
         if lower < 0:
             return rows[upper][0]
-        if self.grouped:
-            return f"{rows[upper][0]}/{rows[lower][0]}"
-        return pair_label(rows[upper][0], rows[lower][0])
+        a, b = rows[upper][0], rows[lower][0]
+        if self.grouped and (a.endswith("*") or b.endswith("*")):
+            return f"{a}/{b}"
+        return pair_label(a, b)
 
     def _fit_per(self) -> int:
         """History columns per cell that fit the whole run."""
