@@ -501,6 +501,7 @@ def test_layers_grouped_snapshot_80x24(snap_compare: Any, mlp_run: Path) -> None
 # -- issue 14, item 7: the keys the heatmap advertises keep working; filters and titles; 80×24 fits --------------
 
 
+@pytest.mark.slow
 async def test_the_heatmap_keeps_the_focus_after_a_o_and_the_filter(cnn_run: Path) -> None:
     app = make_app(FileSource(cnn_run))
     async with app.run_test(size=(80, 24)) as pilot:
