@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import _make_deterministic
 from test_app import wait_loaded
+from textual import events
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
@@ -30,7 +31,8 @@ from tuimon.series import CHUNK
 from tuimon.source import FileSource, SourceUpdate
 from tuimon.state import RunState
 from tuimon.widgets import GradHeatmap, LayerTable
-from tuimon.widgets.grad_heatmap import NONFINITE_COLOR, group_rows, pair_label
+from tuimon.widgets.grad_heatmap import NONFINITE_COLOR, fill_rows, group_rows, pair_label
+from tuimon.widgets.layer_table import ActTable
 from tuimon_agent import protocol
 
 CNN_STEPS = 60
@@ -376,6 +378,10 @@ async def test_a_nan_gradient_is_painted_in_the_nan_colour(cnn_run: Path) -> Non
             row = text.split("▸")[0].split("▀")[0].strip() or row  # a row's 2nd and 3rd lines have no label
             colours = {c.name for s in segments if s.style for c in (s.style.color, s.style.bgcolor) if c}
             assert (NONFINITE_COLOR in colours) == (row == "fc2.bias"), row
+            assert ("×" in text) == (row == "fc2.bias"), (
+                row
+            )  # a shape too: told apart without colour (NO_COLOR)
+        assert f"× NaN/Inf {heatmap.nonfinite_cells}" in legend and "■ not measured" in legend
         # The cursor reads it out (+: one sample a cell).
         await pilot.press("plus", "down", "down", "down", "down", "down", "down", "down", "down", "down")
         for _ in range(CNN_STEPS - NAN_STEP):
@@ -421,7 +427,7 @@ async def test_the_table_sorts_and_filters(cnn_run: Path) -> None:
         assert sorted(table.names) == ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight"]
         await pilot.press("enter")
         await pilot.pause()
-        assert table.has_focus and not box.display and table.row_count == 4
+        assert screen.query_one(GradHeatmap).has_focus and not box.display and table.row_count == 4
         await pilot.press("/", "escape")  # escape in the box clears the filter
         await pilot.pause()
         assert table.row_count == 10 and isinstance(app.screen, LayersScreen)
@@ -490,3 +496,132 @@ def test_layers_snapshot_160x48(snap_compare: Any, cnn_run: Path) -> None:
 
 def test_layers_grouped_snapshot_80x24(snap_compare: Any, mlp_run: Path) -> None:
     assert snap_compare(make_app(FileSource(mlp_run)), terminal_size=(80, 24), run_before=_layers_then)
+
+
+# -- issue 14, item 7: the keys the heatmap advertises keep working; filters and titles; 80×24 fits --------------
+
+
+@pytest.mark.slow
+async def test_the_heatmap_keeps_the_focus_after_a_o_and_the_filter(cnn_run: Path) -> None:
+    app = make_app(FileSource(cnn_run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open_layers(pilot)
+        heatmap = screen.query_one(GradHeatmap)
+        for keys in (("a",), ("a",), ("o",), ("slash", "c", "o", "n", "v", "enter"), ("slash", "escape")):
+            await pilot.press(*keys)
+            await pilot.pause()
+            assert heatmap.has_focus, keys
+            row = heatmap.cursor_row
+            await pilot.press("down")  # the arrows the heatmap advertises move its cursor
+            await pilot.pause()
+            assert heatmap.cursor_row == row + 1, keys
+            await pilot.press("up", "left")  # left: the cursor leaves the newest sample
+            await pilot.pause()
+            assert heatmap.cursor_row == row and heatmap._cursor_col is not None, keys
+            await pilot.press("right")
+            await pilot.pause()
+            assert heatmap._cursor_col is None, (
+                keys
+            )  # back on the newest (+ - [ ] are bound on the heatmap too)
+
+
+async def test_the_filter_shows_in_both_titles_and_filters_the_table_shown(cnn_run: Path) -> None:
+    app = make_app(FileSource(cnn_run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open_layers(pilot)
+        table, acts = screen.query_one(LayerTable), screen.query_one(ActTable)
+        await pilot.press("a")  # the activations table in place of the tensors
+        await pilot.pause()
+        assert acts.display and not table.display
+        await pilot.press("slash", "r", "e", "l", "u", "enter")
+        await pilot.pause()
+        assert acts.names == ["relu1", "relu2", "relu3"] and acts.row_count == 3
+        assert "“relu”" in str(acts.border_title)
+        await pilot.press("a", "o")  # the tensors, sorted: the filter stays in the title
+        await pilot.pause()
+        assert table.sort == "grad_norm" and table.names == []  # no tensor is called relu
+        assert "grad norm ↓" in str(table.border_title) and "“relu”" in str(table.border_title)
+
+
+async def test_the_tensor_table_fits_80_columns(cnn_run: Path) -> None:
+    app = make_app(FileSource(cnn_run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open_layers(pilot)
+        table = screen.query_one(LayerTable)
+        widths = sum(c.get_render_width(table) for c in table.columns.values())
+        assert widths <= table.scrollable_content_region.width, widths
+        assert table.max_scroll_x == 0
+        assert (
+            "conv1.weight" in table.names and table.get_cell("conv1.weight", "name").plain == "conv1.weight"
+        )
+        acts = screen.query_one(ActTable)
+        await pilot.press("a")
+        await pilot.pause()
+        widths = sum(c.get_render_width(acts) for c in acts.columns.values())
+        assert widths <= acts.scrollable_content_region.width and acts.max_scroll_x == 0
+
+
+def test_groups_fill_the_lines_they_need() -> None:
+    names = [f"block{b}.0.{w}" for b in range(11) for w in ("weight", "bias")]  # 22 tensors
+    assert len(group_rows(names, 20)) == 11  # one group per block: 11 rows on 6 lines of half blocks
+    rows = fill_rows(names, 20)
+    assert len(rows) == 20 and rows[0] == ("block0.0.*", 0, 2) and rows[1] == ("block1.0.*", 2, 4)
+    assert rows[-1] == ("block10.0.bias", 21, 22) and [r[1] for r in rows] == sorted(r[1] for r in rows)
+
+
+def record_blocks_run(run_dir: Path) -> Path:
+    """Eleven one-layer blocks (``block3.0.weight``): 22 parameter tensors, 4 sampled steps."""
+
+    def loop(torch: Any) -> Path:
+        nn = torch.nn
+        torch.manual_seed(0)
+        model = nn.Sequential(OrderedDict((f"block{b}", nn.Sequential(nn.Linear(8, 8))) for b in range(11)))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        x, y = torch.randn(32, 8), torch.randn(32, 8)
+        mon = tuimon_agent.watch(model, opt, run="blocks", dir=run_dir, publish=False, stats_every=1)
+        try:
+            for _ in range(4):
+                loss = nn.functional.mse_loss(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                mon.log(loss=loss.item())
+        finally:
+            mon.close()
+        assert mon.run_file is not None
+        return mon.run_file
+
+    return _one_thread(loop)
+
+
+async def test_22_tensors_use_every_line_at_80x24(tmp_path: Path) -> None:
+    app = make_app(FileSource(record_blocks_run(tmp_path)))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open_layers(pilot)
+        heatmap = screen.query_one(GradHeatmap)
+        lines = heatmap._heat_lines()
+        assert heatmap.grouped and len(heatmap.rows) == 2 * lines  # two rows on every line, none left empty
+        assert len(heatmap._lines_rows) == lines
+        assert sum(b - a for _, a, b in heatmap.rows) == 22
+
+
+async def test_a_filter_typed_in_one_burst_lands_in_the_box(cnn_run: Path) -> None:
+    """``/conv`` typed faster than the app handles keys: each key is queued for the heatmap before ``/`` has moved
+    the focus to the box. They must all land in the box (``c`` would otherwise open the clip dialog)."""
+    app = make_app(FileSource(cnn_run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open_layers(pilot)
+        for ch in "/conv":
+            app.post_message(events.Key("slash" if ch == "/" else ch, ch))
+        box = screen.query_one("#layers-filter", Input)
+        table = screen.query_one(LayerTable)
+        deadline = time.monotonic() + 10
+        while (box.value != "conv" or len(table.names) != 4) and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        assert box.value == "conv" and box.has_focus and app.screen is screen
+        assert sorted(screen.query_one(LayerTable).names) == [
+            "conv1.bias",
+            "conv1.weight",
+            "conv2.bias",
+            "conv2.weight",
+        ]

@@ -166,7 +166,7 @@ def test_non_numeric_values_are_skipped() -> None:
 
 def test_steps_per_second_and_elapsed_use_agent_time() -> None:
     st = RunState()
-    assert st.steps_per_second() == 0.0 and st.elapsed() == 0.0
+    assert st.steps_per_second() is None and st.elapsed() == 0.0
     # 50 steps a second for 20 s, then 200 steps a second for the last 15 s (the ~10 s window sees only that).
     ts, step, seq = 1000.0, 0, 0
     for rate, seconds in ((50, 20), (200, 15)):
@@ -177,6 +177,21 @@ def test_steps_per_second_and_elapsed_use_agent_time() -> None:
             st.apply(metrics(seq, step, ts, loss=1.0))
     assert st.steps_per_second() == pytest.approx(200.0, rel=0.02)
     assert st.elapsed() == pytest.approx(35.0 - 1 / 50, abs=1e-6)
+
+
+def test_speed_is_unknown_until_a_second_of_records() -> None:
+    """Issue 14: ``204 it/s`` at step 2 of a run paced at 20 it/s (a quick first step). No speed until 1 s."""
+    st = RunState()
+    st.apply(metrics(1, 1, 1000.0, loss=1.0))
+    st.apply(metrics(2, 2, 1000.0049, loss=1.0))  # the first step was fast
+    assert st.steps_per_second() is None
+    ts = 1000.0049
+    for i in range(3, 30):
+        ts += 0.05  # then 20 steps a second
+        st.apply(metrics(i, i, ts, loss=1.0))
+        if ts - 1000.0 < 1.0:
+            assert st.steps_per_second() is None, i
+    assert st.steps_per_second() == pytest.approx(20.0, rel=0.05)
 
 
 def test_lr_is_the_latest_opt_lr() -> None:

@@ -174,7 +174,10 @@ class TuimonApp(LiveCommandsMixin, App[None]):
             return
         for screen in self.screen_stack:  # the checks and layers screens, also while the help covers them
             # A screen pushed but not composed yet is skipped: its on_mount shows the state.
-            if isinstance(screen, (ChecksScreen, LayersScreen, AlertDetail, CommandHistoryScreen)) and screen.is_mounted:
+            if (
+                isinstance(screen, (ChecksScreen, LayersScreen, AlertDetail, CommandHistoryScreen))
+                and screen.is_mounted
+            ):
                 screen.update(self.state)
 
     def action_help(self) -> None:

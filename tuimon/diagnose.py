@@ -99,7 +99,9 @@ def diagnose_file(path: str | Path, diagnoser: Diagnoser | None = None) -> Diagn
                     episodes = prev["episodes"] + (1 if new_episode else 0)
                 found[d["id"]] = {**d, "max_severity": top, "episodes": episodes}
     # As the viewer's alert panel orders them: most severe first, then earliest onset.
-    out.alerts = sorted(found.values(), key=lambda a: (-SEVERITY_RANK[a["max_severity"]], a["first_step"], a["id"]))
+    out.alerts = sorted(
+        found.values(), key=lambda a: (-SEVERITY_RANK[a["max_severity"]], a["first_step"], a["id"])
+    )
     out.disabled = dict(diag.disabled)
     return out
 

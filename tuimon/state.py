@@ -32,6 +32,14 @@ from .series import CHUNK, Series
 EVENTS_KEPT = 200
 """How many of the latest ``event`` records a :class:`RunState` keeps."""
 MARKERS_KEPT = 256
+METRIC_NAMES_KEPT = 256
+"""How many metric names (train and eval together) a :class:`RunState` keeps a series for: the first ones seen.
+Each :class:`Series` holds ~106 KiB, so a script that logs a new name per step (``f"loss_{step}"``) would otherwise
+grow the viewer by that much per step. Values of names beyond the cap are dropped and the names counted
+(:attr:`RunState.names_dropped`); the metric list says so."""
+DROPPED_NAMES_COUNTED = 100_000
+"""Distinct dropped names counted exactly; past this many, :attr:`RunState.names_dropped` stops growing (the list
+then says "at least")."""
 """How many of the latest chart markers (alert onsets, applied commands) a :class:`RunState` keeps."""
 
 _STEP_LIMIT = (
@@ -39,11 +47,14 @@ _STEP_LIMIT = (
 )  # steps beyond +-2**62 (a corrupt counter) are treated as missing, so int64 never overflows
 _RATE_SAMPLE_S = 0.25  # one (ts, step) sample per quarter second of agent time ...
 _RATE_SAMPLES = 40  # ... over the last ~10 s
+RATE_MIN_SECONDS = 1.0
+"""The speed is shown only once the records it comes from span at least this much agent time (a rate from the
+first two or three steps says more about start-up than about training)."""
 _EVAL_PREFIXES = ("val_", "eval_", "valid_", "validation_", "test_", "val/", "eval/", "valid/", "test/")
 _TRAIN_PREFIXES = ("train_", "train/")
 
 
-__all__ = ["CHUNK", "EVENTS_KEPT", "MARKERS_KEPT", "Marker", "RunState", "Series"]
+__all__ = ["CHUNK", "EVENTS_KEPT", "MARKERS_KEPT", "METRIC_NAMES_KEPT", "Marker", "RunState", "Series"]
 
 
 class Marker(NamedTuple):
@@ -104,6 +115,7 @@ class RunState:
         self.name: str | None = None
         self.train: dict[str, Series] = {}
         self.eval: dict[str, Series] = {}
+        self._dropped_names: set[str] = set()
         self.step = 0
         self.last_seq = 0
         self.received = 0
@@ -342,12 +354,27 @@ class RunState:
             if s is None:
                 if type(name) is not str:
                     continue
+                if len(self.train) + len(self.eval) >= METRIC_NAMES_KEPT:
+                    self._drop_name(table, name)
+                    continue
                 s = table[name] = Series(name, capacity=self._capacity, tail=self._tail)
             s._ps.append(step)
             pv = s._pv
             pv.append(v)
             if len(pv) >= CHUNK:
                 s._fold()
+
+    def _drop_name(self, table: dict[str, Series], name: str) -> None:
+        """Count a metric name past :data:`METRIC_NAMES_KEPT` (its values are not kept)."""
+        dropped = self._dropped_names
+        if len(dropped) < DROPPED_NAMES_COUNTED:
+            dropped.add(("e:" if table is self.eval else "t:") + name)
+
+    @property
+    def names_dropped(self) -> int:
+        """Distinct metric names whose values were dropped because :data:`METRIC_NAMES_KEPT` names were already
+        kept (counted up to :data:`DROPPED_NAMES_COUNTED`)."""
+        return len(self._dropped_names)
 
     def _heartbeat(self, rec: protocol.Record) -> None:
         d = rec.data
@@ -406,14 +433,15 @@ class RunState:
 
     # -- queries ----------------------------------------------------------------------------------------------------
 
-    def steps_per_second(self) -> float:
-        """Training steps per second of agent time over the last ~10 s of records, 0.0 when unknown."""
+    def steps_per_second(self) -> float | None:
+        """Training steps per second of agent time over the last ~10 s of records; ``None`` while unknown (less
+        than :data:`RATE_MIN_SECONDS` of records so far)."""
         if not self._rate or self._rate_end is None:
-            return 0.0
+            return None
         t0, s0 = self._rate[0]
         t1, s1 = self._rate_end
-        if t1 <= t0:
-            return 0.0
+        if t1 - t0 < RATE_MIN_SECONDS:
+            return None
         return max(0.0, (s1 - s0) / (t1 - t0))
 
     def elapsed(self) -> float:

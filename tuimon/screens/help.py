@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import ClassVar
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.events import Resize
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -14,6 +17,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("↑ ↓  k j", "select the metric to chart (or click its row)"),
     ("m", "toggle EMA smoothing of the chart"),
     ("y", "toggle a log y axis (values ≤ 0 are hidden)"),
+    ("i", "the run panel: id, model, optimizer, device, process, command, run file"),
     ("C", "show / close the sanity checks (↑ ↓ pick one)"),
     ("l", "live: set the learning rate (3e-4, x0.5, /10)"),
     ("c", "live: set gradient clipping (a max norm, or off)"),
@@ -29,7 +33,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("  h  enter", "layers: a tensor's weight / gradient histograms"),
     ("  ← ↑ ↓ →", "layers: move the heatmap's cursor (its value below)"),
     ("  + -  [ ]", "layers: zoom in / out, scroll older / newer"),
-    ("  o  /", "layers: sort the table, filter it by name"),
+    ("  o  /", "layers: sort the table, filter the tables by name (the heatmap keeps its keys)"),
     ("  f", "layers: the probe input's feature maps ([ ] next layer, m colours)"),
     ("A", "alerts: focus the alert panel (↑ ↓ pick, enter details, a its action); on a badge, open them"),
     ("  c  g", "alert details: show it in the chart / in the layers heatmap at its onset"),
@@ -59,15 +63,41 @@ COUNTERS: tuple[tuple[str, str], ...] = (
 """The header's counters."""
 
 
-def _table(title: str, rows: tuple[tuple[str, str], ...], style: str) -> str:
-    width = max(len(k) for k, _ in (*KEYS, *STATES, *COUNTERS))  # one key column for every section
+KEY_WIDTH = max(len(k) for k, _ in (*KEYS, *STATES, *COUNTERS))
+"""One key column for every section, as wide as the widest key."""
+BOX_WIDTH = 96
+"""The help box's width at most (less on a narrower terminal); ``DEFAULT_CSS`` says the same."""
+
+
+def _table(title: str, rows: tuple[tuple[str, str], ...], style: str, width: int) -> str:
+    """A section: its title, then one line per key; a description too long for ``width`` columns wraps under itself."""
+    indent = " " * (KEY_WIDTH + 4)
+    room = max(12, width - len(indent))
     lines = [f"[b]{title}[/b]"]
-    lines += [f"  [{style}]{k.ljust(width)}[/]  {v}" for k, v in rows]
+    for key, what in rows:
+        wrapped = textwrap.wrap(what, room, break_on_hyphens=False) or [""]
+        lines.append(f"  [{style}]{escape(key.ljust(KEY_WIDTH))}[/]  {escape(wrapped[0])}")
+        lines += [indent + escape(more) for more in wrapped[1:]]
     return "\n".join(lines)
 
 
+def help_markup(width: int) -> str:
+    """The help's text for a box ``width`` columns wide inside (keys, states, counters), as markup."""
+    return "\n\n".join(
+        (
+            _table("Keys", KEYS, "bold $text-accent", width),
+            _table("States", STATES, "bold $text-primary", width),
+            _table("Counters", COUNTERS, "bold $text-warning", width),
+        )
+    )
+
+
 class HelpScreen(ModalScreen[None]):
-    """Keys, connection states and counters, in a box over the overview; escape or ? closes it."""
+    """Keys, connection states and counters, in a box over the overview; escape or ? closes it.
+
+    The box is :data:`BOX_WIDTH` columns wide, or the terminal's width when that is less; long descriptions wrap
+    under themselves (re-wrapped on resize), so nothing is cut on the right and the scrollbar has its own column.
+    """
 
     DEFAULT_CSS = """
     HelpScreen {
@@ -75,7 +105,7 @@ class HelpScreen(ModalScreen[None]):
         background: $background 60%;
     }
     HelpScreen > VerticalScroll {
-        width: auto;
+        width: 96;
         max-width: 100%;
         height: auto;
         max-height: 100%;
@@ -84,27 +114,29 @@ class HelpScreen(ModalScreen[None]):
         background: $surface;
         padding: 0 2;
     }
-    HelpScreen Static { width: auto; }
+    HelpScreen Static { width: 1fr; }
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,question_mark", "close", "Close"),
     ]
 
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self._wrapped_at = BOX_WIDTH - 7
+
     def compose(self) -> ComposeResult:
         with VerticalScroll() as box:
             box.border_title = "tuimon help"
             box.border_subtitle = "escape to close"
-            yield Static(
-                "\n\n".join(
-                    (
-                        _table("Keys", KEYS, "bold $text-accent"),
-                        _table("States", STATES, "bold $text-primary"),
-                        _table("Counters", COUNTERS, "bold $text-warning"),
-                    )
-                ),
-                id="help-text",
-            )
+            yield Static(help_markup(self._wrapped_at), id="help-text")
+
+    def on_resize(self, event: Resize) -> None:
+        # Inside the box: its borders (2), padding (4) and the scrollbar's column (1) come off the screen's width.
+        width = max(20, min(BOX_WIDTH, event.size.width) - 7)
+        if width != self._wrapped_at:
+            self._wrapped_at = width
+            self.query_one("#help-text", Static).update(help_markup(width))
 
     def action_close(self) -> None:
         """Close the help."""

@@ -19,7 +19,7 @@ from ..layers import LayerState
 from ..state import RunState
 from ..widgets import GradHeatmap, HistView, LayerTable
 from ..widgets.grad_heatmap import ACT_STATS, STATS
-from ..widgets.layer_table import ActTable, input_line
+from ..widgets.layer_table import SORTS, ActTable, input_line
 
 EMPTY_NOTE = "no per-layer statistics in this run — watch(model, optimizer) records them every N steps"
 """What the screen says when the run has sent no ``layers`` record."""
@@ -216,41 +216,74 @@ class LayersScreen(Screen[None]):
             self.notify("no activation statistics in this run", timeout=2)
             return
         self.toggle_class("-acts")
-        target = self.query_one(ActTable) if self.has_class("-acts") else self.query_one(LayerTable)
-        target.focus()
+        self._refocus()
+
+    def _refocus(self) -> None:
+        """Give the focus back to what the screen's keys drive: the heatmap (its arrows, ``+ -`` and ``[ ]``), or,
+        while the histograms show, the tensor table that picks their tensor."""
+        if self.has_class("-hists"):
+            self.query_one(LayerTable).focus()
+        else:
+            self.query_one(GradHeatmap).focus()
 
     def action_sort(self) -> None:
         """Sort the table by the next column."""
-        label = self.query_one(LayerTable).cycle_sort()
-        self.query_one(LayerTable).border_title = f"latest sample · {label}"
+        self.query_one(LayerTable).cycle_sort()
+        self._table_titles()
+        self._refocus()
+
+    def _table_titles(self) -> None:
+        """The tables' titles: the sort order (parameters), and the filter while one is set (both tables)."""
+        table = self.query_one(LayerTable)
+        needle = table.filter
+        shown = f" · “{needle}”" if needle else ""
+        sort = f" · {dict(SORTS)[table.sort]}" if table.sort != "model" else ""
+        table.border_title = f"latest sample{sort}{shown}"
+        self.query_one(ActTable).border_title = f"activations{shown}"
 
     def action_filter(self) -> None:
-        """Open the filter box."""
+        """Open the filter box (it filters both tables: parameter tensors and modules, by name)."""
         box = self.query_one("#layers-filter", Input)
         self.add_class("-filtering")
-        box.focus()
+        self.set_focus(box)  # at once: box.focus() would wait behind the keys already queued
 
     @on(Input.Changed, "#layers-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
         self.query_one(LayerTable).set_filter(event.value)
+        self.query_one(ActTable).set_filter(event.value)
 
     @on(Input.Submitted, "#layers-filter")
     def _filter_done(self, event: Input.Submitted) -> None:
         self.remove_class("-filtering")
         self.set_class(bool(event.value), "-filtered")
-        table = self.query_one(LayerTable)
-        table.border_title = f"latest sample · “{event.value}”" if event.value else "latest sample"
-        table.focus()
+        self._table_titles()
+        self._refocus()
 
     def on_key(self, event: Key) -> None:
         box = self.query_one("#layers-filter", Input)
+        # "/head" typed in one burst: the keys after "/" were queued for the heatmap before the box took the focus,
+        # and reach this screen before the app runs the "/" binding. Open the box here, at once, and put them in it
+        # (the box stops the keys it takes itself), rather than run "h" (histograms) and "a" (activations).
+        if event.key == "slash" and not self.has_class("-filtering"):
+            event.stop()
+            event.prevent_default()
+            self.action_filter()
+            return
+        if self.has_class("-filtering") and event.is_printable and event.character:
+            event.stop()
+            event.prevent_default()
+            box.insert_text_at_cursor(event.character)
+            return
         if event.key == "escape" and box.has_focus:
             event.stop()
             event.prevent_default()
             box.value = ""
+            self.query_one(LayerTable).set_filter("")
+            self.query_one(ActTable).set_filter("")
             self.remove_class("-filtering")
-            self.query_one(LayerTable).border_title = "latest sample"
-            self.query_one(LayerTable).focus()
+            self.remove_class("-filtered")
+            self._table_titles()
+            self._refocus()
 
     def action_feature_maps(self) -> None:
         """Show the probe input's feature maps (``f`` or escape comes back)."""

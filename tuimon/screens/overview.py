@@ -31,7 +31,9 @@ class OverviewScreen(Screen[None]):
 
     Below :data:`MIN_WIDTH` × :data:`MIN_HEIGHT` it shows only a centred "terminal too small" note (the
     ``-too-small`` class), and before the first metric a "waiting for …" note (the ``-empty`` class). Narrow
-    terminals stack the metric rows above the chart (the ``-narrow`` breakpoint class; layout in ``app.tcss``).
+    terminals stack the metric rows above the chart (the ``-narrow`` breakpoint class; layout in ``app.tcss``) and
+    leave out the run panel, which ``i`` shows at any width (:class:`~tuimon.screens.run_info.RunInfoScreen`). While
+    the history loads (status ``loading``) the body stays hidden behind a "loading …" note.
     """
 
     HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"), (120, "-wide")]
@@ -42,6 +44,7 @@ class OverviewScreen(Screen[None]):
         Binding("up,k", "move(-1)", "Metric ↑", show=False),
         Binding("down,j", "move(1)", "Metric ↓", show=False),
         Binding("A", "alerts", "Alerts"),
+        Binding("i", "run_info", "Run"),
     ]
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
@@ -106,7 +109,9 @@ class OverviewScreen(Screen[None]):
         metrics = self.query_one(MetricList)
         metrics.update(state)
         self.query_one(RunInfo).update(state)
-        empty = not metrics.names
+        empty = (
+            not metrics.names or status == "loading"
+        )  # a half-loaded history is not the run: say "loading"
         self.set_class(empty, "-empty")
         if empty:
             who = state.name or label
@@ -159,6 +164,12 @@ class OverviewScreen(Screen[None]):
     def action_move(self, delta: int) -> None:
         """Select the previous or next metric, whatever has focus."""
         self.query_one(MetricList).action_move(delta)
+
+    def action_run_info(self) -> None:
+        """Show the run panel (id, model, optimizer, device, process, command) over the overview, at any width."""
+        from .run_info import RunInfoScreen
+
+        self.app.push_screen(RunInfoScreen(self._state or RunState()))
 
     # -- alerts (widgets/alert_panel.py, screens/alert_detail.py) --
 

@@ -32,7 +32,9 @@ def ema(values: np.ndarray, weight: float = EMA_WEIGHT) -> np.ndarray:
     return out
 
 
-def nice_ticks(lo: float, hi: float, count: int, *, dense: bool = False) -> list[float]:
+def nice_ticks(
+    lo: float, hi: float, count: int, *, dense: bool = False, integer: bool = False
+) -> list[float]:
     """Round tick positions (1, 2 or 5 times a power of ten apart) within ``[lo, hi]``.
 
     Args:
@@ -40,6 +42,7 @@ def nice_ticks(lo: float, hi: float, count: int, *, dense: bool = False) -> list
         hi: The high end.
         count: About how many ticks.
         dense: When that gives fewer than half of ``count``, use the next finer step (a y axis wants a few).
+        integer: Ticks at whole numbers only, at least 1 apart (training steps: ``0 1 2``, never ``0 0.5 1``).
 
     Returns:
         The positions, ascending.
@@ -47,8 +50,12 @@ def nice_ticks(lo: float, hi: float, count: int, *, dense: bool = False) -> list
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo] if math.isfinite(lo) else []
     raw = (hi - lo) / max(1, count)
+    if integer:
+        raw = max(raw, 1.0)
     mag = 10 ** math.floor(math.log10(raw))
     steps = [m * mag for m in (0.5, 1, 2, 5, 10)]
+    if integer:
+        steps = [v for v in steps if v >= 1]
     i = next(i for i, v in enumerate(steps) if v >= raw)
     ticks = _ticks(lo, hi, steps[i])
     if dense and len(ticks) < max(2, count // 2):

@@ -3,8 +3,9 @@
 Each cell is a half block (``▀``, foreground = the upper row's colour, background = the lower row's), so a line of
 text shows two parameter rows. Colours follow viridis (perceptually uniform, legible to colour-blind readers, and
 still ordered when Rich downsamples it to 256 colours) on a log scale (linear 0–100 % for the zero fraction);
-NaN/Inf cells are bright magenta, outside the map, and counted in the legend. When the tensors outnumber the rows,
-consecutive tensors are grouped by module prefix (``layer3.*``) and each group shows its maximum. The same widget
+NaN/Inf cells are a bright magenta ``×`` (a shape as well as a colour), outside the map, and counted in the legend. When the tensors outnumber the rows,
+consecutive tensors are grouped by module prefix (``layer3.*``) and each group shows its maximum (one group a line
+when they fit so, else just enough groups to fill the lines two rows each). The same widget
 shows the measured modules' dead and saturated output fractions over the run (an :class:`~tuimon.layers.ActState`
 in place of the :class:`~tuimon.layers.LayerState`: modules down instead of tensors).
 """
@@ -53,6 +54,9 @@ VIRIDIS = (
 """Viridis sampled at ten stops, dark (low) to yellow (high)."""
 NONFINITE_COLOR = "#ff00ff"
 """NaN or Inf: bright magenta, which viridis never reaches."""
+NONFINITE_CHAR = "×"
+"""A cell (two rows) with a NaN or Inf is drawn as this, not as a half block: it differs from "not measured" and
+from every value without colour too (``NO_COLOR``, monochrome terminals)."""
 MISSING_COLOR = "#3a3a3a"
 """Not measured (no gradient, no update ratio): dark grey."""
 CURSOR_COLOR = "#ffffff"
@@ -119,6 +123,61 @@ def group_rows(names: list[str], max_rows: int) -> list[tuple[str, int, int]]:
         first, last = names[a].rpartition(".")[0] or names[a], names[b - 1].rpartition(".")[0] or names[b - 1]
         out.append((f"{first}…{last}.*" if first != last else f"{first}.*", a, b))
     return out
+
+
+def fill_rows(names: list[str], max_rows: int) -> list[tuple[str, int, int]]:
+    """Like :func:`group_rows`, but with just enough consecutive names grouped by module prefix to fit, the deepest
+    prefixes first and in model order: 22 tensors on 20 rows are 18 tensors and 2 groups (10 lines of half blocks),
+    where :func:`group_rows` makes 12 groups (6 lines of half blocks, 4 left empty).
+
+    Args:
+        names: Parameter names, model order.
+        max_rows: The most rows wanted (>= 1).
+
+    Returns:
+        ``(label, start, stop)`` per row: the names ``names[start:stop]``.
+    """
+    n = len(names)
+    max_rows = max(1, max_rows)
+    if n <= max_rows:
+        return [(name, i, i + 1) for i, name in enumerate(names)]
+    parts = [name.split(".") for name in names]
+    rows: list[tuple[str | None, int, int]] = [(None, i, i + 1) for i in range(n)]  # (group key, start, stop)
+    for depth in range(max(len(p) for p in parts) - 1, 0, -1):
+        count = len(rows)
+        merged: list[tuple[str | None, int, int]] = []
+        j = 0
+        while j < len(rows):
+            a = rows[j][1]
+            key = ".".join(parts[a][:depth]) if len(parts[a]) > depth else None
+            k = j + 1
+            while key is not None and k < len(rows) and _prefix(parts, rows[k], depth) == key:
+                k += 1
+            if k - j > 1 and count > max_rows:
+                merged.append((key, a, rows[k - 1][2]))
+                count -= k - j - 1
+            else:
+                merged.extend(rows[j:k])
+            j = k
+        rows = merged
+        if count <= max_rows:
+            return [(names[a] if key is None else f"{key}.*", a, b) for key, a, b in rows]
+    size = math.ceil(n / max_rows)
+    out = []
+    for a in range(0, n, size):
+        b = min(n, a + size)
+        first, last = names[a].rpartition(".")[0] or names[a], names[b - 1].rpartition(".")[0] or names[b - 1]
+        out.append((f"{first}…{last}.*" if first != last else f"{first}.*", a, b))
+    return out
+
+
+def _prefix(parts: list[list[str]], row: tuple[str | None, int, int], depth: int) -> str | None:
+    """The module prefix ``depth`` deep that every name of ``row`` shares, or ``None``."""
+    _, a, b = row
+    if any(len(parts[i]) <= depth for i in range(a, b)):
+        return None
+    key = ".".join(parts[a][:depth])
+    return key if all(".".join(parts[i][:depth]) == key for i in range(a + 1, b)) else None
 
 
 def pair_label(upper: str, lower: str | None) -> str:
@@ -382,9 +441,10 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
             return rows[upper][0] if y == 0 or self._lines_rows[y - 1][0] != upper else ""
         if lower < 0:
             return rows[upper][0]
-        if self.grouped:
-            return f"{rows[upper][0]}/{rows[lower][0]}"
-        return pair_label(rows[upper][0], rows[lower][0])
+        a, b = rows[upper][0], rows[lower][0]
+        if self.grouped and (a.endswith("*") or b.endswith("*")):
+            return f"{a}/{b}"
+        return pair_label(a, b)
 
     def _fit_per(self) -> int:
         """History columns per cell that fit the whole run."""
@@ -411,6 +471,9 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
                 values, bad = values[keep], bad[keep]
         lines = self._heat_lines()
         self.rows = group_rows(names, 2 * lines)
+        if len(self.rows) > lines and len(self.rows) < len(names):
+            # Groups on half-block lines would leave lines empty: group only as many tensors as needed instead.
+            self.rows = fill_rows(names, 2 * lines)
         self.grouped = len(self.rows) < len(names)
         self._lines_rows = self._line_rows(lines)
         label_w = self._label_width()
@@ -504,7 +567,13 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
                 for x, (a, b) in enumerate(zip(up, down, strict=True)):
                     ca = CURSOR_COLOR if cur[x] and self.cursor_row == r0 else _color(a)
                     cb = CURSOR_COLOR if cur[x] and self.cursor_row == r1 else _color(b)
-                    segs.append(_cell(ca, cb, base))
+                    if (
+                        a == _NONFINITE or b == _NONFINITE
+                    ):  # a shape, not only a colour: "×" over the other half
+                        mark = CURSOR_COLOR if cur[x] and self.cursor_row in (r0, r1) else NONFINITE_COLOR
+                        segs.append(_cell(mark, cb if a == _NONFINITE else ca, base, NONFINITE_CHAR))
+                    else:
+                        segs.append(_cell(ca, cb, base))
             self._lines.append(Strip(segs).simplify())
 
         # Time axis: the first and last step shown.
@@ -527,7 +596,7 @@ class GradHeatmap(CachedComponentStyles, Widget, can_focus=True):
         legend += [
             _cell(PALETTE[round(i / (bar_w - 1) * (LEVELS - 1))], None, base, "█") for i in range(bar_w)
         ]
-        legend += [Segment(" " + hi_txt + "  ", axis), _cell(NONFINITE_COLOR, None, base, "■")]
+        legend += [Segment(" " + hi_txt + "  ", axis), _cell(NONFINITE_COLOR, None, base, NONFINITE_CHAR)]
         nonfinite = base + self.component_style("grad-heatmap--nonfinite") if self.nonfinite_cells else axis
         legend += [
             Segment(f" NaN/Inf {self.nonfinite_cells}  ", nonfinite),

@@ -33,6 +33,9 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
 fractions of the activation that follows the parameter's module (:meth:`ActState.for_param_modules`), ``–`` when
 there is none or the run has no activation statistics."""
 NAME_MAX = 32
+NAME_MIN = 12
+"""The name column's width at least: on a narrow screen the last columns (``sat``, then ``dead``, which the
+activations table shows too) give way before the names shrink below this."""
 
 
 def format_cell(key: str, value: float | None) -> Text:
@@ -93,10 +96,34 @@ class LayerTable(DataTable[Text]):
         if acts is not None:
             self._acts = acts
         a = self._acts
-        key = (id(layers), layers.version, id(a), a.version if a is not None else -1, self.sort, self.filter)
+        key = (
+            id(layers),
+            layers.version,
+            id(a),
+            a.version if a is not None else -1,
+            self.sort,
+            self.filter,
+            self.size.width,
+        )
         if key != self._key:
             self._key = key
             self._rebuild()
+
+    def on_resize(self) -> None:
+        if self._layers is not None:
+            self.update(self._layers)
+
+    def _fit_columns(self, longest: int) -> tuple[int, tuple[tuple[str, str, int], ...]]:
+        """The name column's width and the columns after it that fit the table's width (all when not laid out)."""
+        width = self.size.width - 1  # the vertical scrollbar's column
+        pad = 2 * self.cell_padding
+        columns = COLUMNS
+        if width <= 0:
+            return min(NAME_MAX, max(4, longest)), columns
+        while len(columns) > 5 and NAME_MIN + pad + sum(w + pad for _, _, w in columns) > width:
+            columns = columns[:-1]
+        room = width - pad - sum(w + pad for _, _, w in columns)
+        return max(4, min(NAME_MAX, longest, room)), columns
 
     def cycle_sort(self) -> str:
         """Sort by the next order of :data:`SORTS`; returns its label."""
@@ -139,11 +166,11 @@ class LayerTable(DataTable[Text]):
         selected = self.names[self.cursor_row] if 0 <= self.cursor_row < len(self.names) else None
         order = self._order(layers)
         self.names = [layers.names[i] for i in order]
-        name_w = min(NAME_MAX, max([4, *(len(n) for n in self.names)]))
+        name_w, columns = self._fit_columns(max([4, *(len(n) for n in self.names)]))
         self.clear(columns=True)
         sort_label = {k: "▼" for k, _ in SORTS[1:5]}
         self.add_column(Text("name" + (" ▲" if self.sort == "name" else "")), width=name_w, key="name")
-        for key, header, width in COLUMNS:
+        for key, header, width in columns:
             mark = sort_label.get(key, "") if key == self.sort else ""
             self.add_column(Text(header + mark, justify="right"), width=width, key=key)
         bad = layers.latest.get("grad_nonfinite")
@@ -167,7 +194,7 @@ class LayerTable(DataTable[Text]):
                     v = math.inf
                 cells.append(format_cell(key, v))
             j = speaks.get(p.module)
-            for stat in ("dead", "saturated"):
+            for stat in ("dead", "saturated")[: len(columns) - 5]:
                 v = acts.latest_value(stat, j) if acts is not None and j is not None else None
                 cells.append(format_cell("dead", v))
             self.add_row(*cells, key=p.name)
@@ -205,24 +232,45 @@ class ActTable(DataTable[Text]):
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes, cursor_type="row", zebra_stripes=True)
         self._key: tuple[object, ...] | None = None
+        self._acts: ActState | None = None
+        self.filter = ""
+        """Only module names containing this (case-insensitive) are listed."""
         self.names: list[str] = []
         """The module names listed, top to bottom."""
 
+    def on_resize(self) -> None:
+        if self._acts is not None:
+            self.update(self._acts)
+
+    def set_filter(self, text: str) -> None:
+        """List only the modules whose names contain ``text`` (case-insensitive)."""
+        self.filter = text
+        if self._acts is not None:
+            self.update(self._acts)
+
     def update(self, acts: ActState) -> None:
-        """Show the latest sample of ``acts``; cheap when it did not change."""
-        key = (id(acts), acts.version)
+        """Show the latest sample of ``acts``; cheap when neither it nor the filter changed."""
+        self._acts = acts
+        key = (id(acts), acts.version, self.filter, self.size.width)
         if key == self._key:
             return
         self._key = key
         selected = self.names[self.cursor_row] if 0 <= self.cursor_row < len(self.names) else None
-        self.names = list(acts.names)
+        needle = self.filter.lower()
+        self.names = [n for n in acts.names if needle in n.lower()]
         name_w = min(NAME_MAX, max([6, *(len(n) for n in self.names)]))
+        if self.size.width > 0:  # fit the width (less the scrollbar's column): the names give way
+            pad = 2 * self.cell_padding
+            room = self.size.width - 1 - pad - sum(w + pad for _, _, w in ACT_COLUMNS)
+            name_w = max(6, min(name_w, room))
         self.clear(columns=True)
         self.add_column(Text("module"), width=name_w, key="name")
         for key_, header, width in ACT_COLUMNS:
             self.add_column(Text(header, justify="right"), width=width, key=key_)
         bad = acts.latest.get("nonfinite")
         for i, m in enumerate(acts.modules):
+            if needle not in m.name.lower():
+                continue
             label = m.name if len(m.name) <= name_w else "…" + m.name[len(m.name) - name_w + 1 :]
             cells = [Text(label, no_wrap=True, end=""), Text(m.type, justify="right", no_wrap=True)]
             flagged = bad is not None and bool(bad[i])

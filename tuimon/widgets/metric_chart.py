@@ -34,6 +34,14 @@ MARKER_STYLES: dict[str, tuple[tuple[int, int, int], str]] = {
     "command": ((175, 95, 255), "command"),
 }
 """Colour and legend label of each marker kind (``RunState.markers``); other kinds are grey and unlabelled."""
+MARKER_GLYPHS: dict[str, str] = {
+    "alert:critical": "!",
+    "alert:warning": "▲",
+    "alert:info": "i",
+    "command": "»",
+}
+"""The glyph at the top of each kind's line and before its legend label, so that the kinds differ without colour
+(``NO_COLOR``, a monochrome terminal, colour-blind readers); other kinds get ``│``."""
 OTHER_MARKER_COLOR = (128, 128, 128)
 """A marker of a kind :data:`MARKER_STYLES` does not know."""
 MARK_COLOR = (255, 255, 255)
@@ -117,6 +125,8 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
         self._mark: tuple[str, int] | None = None
         self.markers_drawn: list[Marker] = []
         """The markers the last build drew (tests read it)."""
+        self.xtick_labels: list[str] = []
+        """The step axis's labels in the last build."""
         self.updates = 0
         """How many times :meth:`update` ran (tests use it to check the repaint rate)."""
         self.renders = 0
@@ -211,14 +221,14 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
         self.markers_drawn = self._visible_markers()
         kinds = {m.kind for m in self.markers_drawn}
         onsets = [
-            f"[{_rgb(c)}]│[/]{label}"
+            f"[{_rgb(c)}]{MARKER_GLYPHS[k]}[/] {label}"
             for k, (c, label) in MARKER_STYLES.items()
             if k in kinds and k[:6] == "alert:"
         ]
         if onsets:
             legend += "  alerts " + " ".join(onsets)
         if "command" in kinds:
-            legend += f"  [{_rgb(MARKER_STYLES['command'][0])}]│[/]{MARKER_STYLES['command'][1]}"
+            legend += f"  [{_rgb(MARKER_STYLES['command'][0])}]{MARKER_GLYPHS['command']}[/] {MARKER_STYLES['command'][1]}"
         if self.marked_step is not None:
             parts.append(f"[{_rgb(MARK_COLOR)}]│[/] step {self.marked_step}")
         return " · ".join(parts), legend
@@ -258,8 +268,9 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
         lo, hi = float(steps[0]), float(steps[-1])
         if self._eval is not None and self._eval.last_step is not None:
             hi = max(hi, float(self._eval.last_step))
-        ticks = nice_ticks(lo, hi, max(2, width // 14))
-        plt.xticks(ticks, [step_label(t) for t in ticks])
+        ticks = nice_ticks(lo, hi, max(2, width // 14), integer=True)
+        self.xtick_labels = [step_label(t) for t in ticks]
+        plt.xticks(ticks, self.xtick_labels)
         for m in self.markers_drawn:  # first, so that the lines are drawn over them
             plt.vline(m.step, MARKER_STYLES.get(m.kind, (OTHER_MARKER_COLOR, ""))[0])
         if self.marked_step is not None and lo <= self.marked_step <= hi:
@@ -278,6 +289,10 @@ class MetricChart(CachedComponentStyles, PlotextPlot):
             self._line(ex, em, EVAL_COLOR)
             if len(ex) <= width // 3:  # diamonds only while they stay apart
                 self._line(ex, em, EVAL_COLOR, marker="◆", scatter=True)
+        if self.markers_drawn and math.isfinite(self._yhi):
+            for m in self.markers_drawn:  # each line's glyph at its top: the kinds differ without colour too
+                color = MARKER_STYLES.get(m.kind, (OTHER_MARKER_COLOR, ""))[0]
+                plt.text(MARKER_GLYPHS.get(m.kind, "│"), m.step, self._yhi, color=color, alignment="center")
         rows = max(2, self.content_size.height // 3)
         if self.log_y:
             plt.yscale("log")

@@ -9,15 +9,25 @@ from textual.containers import VerticalScroll
 from textual.reactive import reactive
 
 from ..messages import MetricSelected
-from ..state import RunState
+from ..state import DROPPED_NAMES_COUNTED, METRIC_NAMES_KEPT, RunState
 from .metric_row import MetricRow
+
+
+def dropped_note(dropped: int) -> str:
+    """What the metric list says about names it does not show: ``1,234 more metric names not shown (first 256
+    kept)``; empty when none were dropped."""
+    if not dropped:
+        return ""
+    at_least = "≥" if dropped >= DROPPED_NAMES_COUNTED else ""
+    return f"{at_least}{dropped:,} more metric names not shown (first {METRIC_NAMES_KEPT} kept)"
 
 
 class MetricList(VerticalScroll, can_focus=True):
     """A scrollable column of :class:`MetricRow` s that grows as metrics appear; ↑/↓ (or k/j) move the selection.
 
     Rows are added by :meth:`update`, never removed (a new run resets the list with :meth:`clear`). Each time the
-    selection changes the list posts :class:`~tuimon.messages.MetricSelected`.
+    selection changes the list posts :class:`~tuimon.messages.MetricSelected`. The state keeps the first
+    :data:`~tuimon.state.METRIC_NAMES_KEPT` names only; the list's border subtitle says how many more were dropped.
     """
 
     DEFAULT_CSS = """
@@ -41,6 +51,7 @@ class MetricList(VerticalScroll, can_focus=True):
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self._rows: dict[str, MetricRow] = {}
+        self._dropped_note = ""
 
     @property
     def names(self) -> list[str]:
@@ -66,10 +77,14 @@ class MetricList(VerticalScroll, can_focus=True):
             row.update(state.series(metric), state.eval_for(metric) if metric in state.train else None)
         if self.selected is None and self._rows:
             self.selected = next(iter(self._rows))
+        note = dropped_note(state.names_dropped)
+        if note != self._dropped_note:
+            self._dropped_note = self.border_subtitle = note
 
     def clear(self) -> None:
         """Remove every row (a new run)."""
         self._rows.clear()
+        self._dropped_note = self.border_subtitle = ""
         self.remove_children()
         self.selected = None
 

@@ -20,6 +20,24 @@ def describe_event(event: dict[str, Any]) -> str:
     return f"{text} (step {step:,})" if isinstance(step, int) else text
 
 
+def elide_path(path: str, width: int) -> str:
+    """``path`` in at most ``width`` columns: whole when it fits, else its last components after ``…/`` (the run's
+    directory and file name say which run it is; the home directory above them does not)."""
+    if len(path) <= width:
+        return path
+    if width < 2:
+        return "…"[:width]
+    parts = path.split("/")
+    tail = parts[-1]
+    for part in reversed(parts[:-1]):
+        if len(part) + 1 + len(tail) + 2 > width:
+            break
+        tail = f"{part}/{tail}"
+    if len(tail) + 2 <= width:
+        return "…/" + tail
+    return "…" + path[len(path) - width + 1 :]
+
+
 class NoticeBar(CachedComponentStyles, Widget):
     """The source's latest note (``trainer restarted: ...``) and the latest agent event, side by side.
 
@@ -51,7 +69,7 @@ class NoticeBar(CachedComponentStyles, Widget):
         super().__init__(name=name, id=id, classes=classes)
         self._message: str | None = None
         self._event: str | None = None
-        self._idle = "no events"
+        self._run_file: str | None = None
 
     @property
     def text(self) -> str:
@@ -69,9 +87,8 @@ class NoticeBar(CachedComponentStyles, Widget):
             run_file: Where the run is recorded; said while there is nothing else to say.
         """
         described = describe_event(event) if event is not None else None
-        idle = f"no events · run file {run_file}" if run_file else "no events"
-        if (message, described, idle) != (self._message, self._event, self._idle):
-            self._message, self._event, self._idle = message, described, idle
+        if (message, described, run_file) != (self._message, self._event, self._run_file):
+            self._message, self._event, self._run_file = message, described, run_file
             self.refresh()
 
     def _compose_text(self) -> Text:
@@ -83,7 +100,11 @@ class NoticeBar(CachedComponentStyles, Widget):
                 parts.append(("  │  ", self.component_style("notice-bar--empty")))
             parts.append((f"⚑ {self._event}", self.component_style("notice-bar--event")))
         if not parts:
-            parts.append((self._idle, self.component_style("notice-bar--empty")))
+            idle = "no events"
+            if self._run_file:
+                room = self.content_size.width - len("no events · run file ")
+                idle = f"no events · run file {elide_path(self._run_file, max(room, 12))}"
+            parts.append((idle, self.component_style("notice-bar--empty")))
         return Text.assemble(*parts, no_wrap=True, end="")
 
     def render(self) -> RenderResult:

@@ -13,6 +13,9 @@ from textual.widget import Widget
 from ..state import RunState
 from ._style_cache import CachedComponentStyles
 
+NAME_KEPT = 16
+"""Columns of the run's name the header keeps before it drops figures (counters at zero, then elapsed time, lr,
+speed): on a narrow terminal the run's name is worth more than its elapsed time."""
 STATES = ("waiting", "loading", "live", "stale", "ended", "reconnecting", "replay")
 """The connection states a source reports (see ``tuimon.source.SourceUpdate.status``)."""
 
@@ -31,7 +34,8 @@ def format_value(value: float | None) -> str:
 
 
 class RunHeader(CachedComponentStyles, Widget):
-    """One line about the run as a whole, compact enough for 80 columns: the name gives way first.
+    """One line about the run as a whole, compact enough for 60 columns: the name keeps its first :data:`NAME_KEPT`
+    columns while the figures give way (zero counters, elapsed time, lr, speed, in that order), then it is elided.
 
     Data comes in through :meth:`update` only; nothing is read from the state until then.
     """
@@ -78,7 +82,7 @@ class RunHeader(CachedComponentStyles, Widget):
         super().__init__(name=name, id=id, classes=classes)
         self._run_name = ""
         self._status = "waiting"
-        self._figures: tuple[int, float, float, float | None] = (0, 0.0, 0.0, None)
+        self._figures: tuple[int, float | None, float, float | None] = (0, None, 0.0, None)
         self._counters: tuple[int, int, int] = (0, 0, 0)
 
     @property
@@ -108,34 +112,56 @@ class RunHeader(CachedComponentStyles, Widget):
         def counter(word: str, n: int, cls: str) -> tuple[str, Style]:
             return f"{word} {n:,}", self.component_style(cls) if n else label
 
-        right = Text.assemble(
-            ("step ", label),
-            f"{step:,}",
-            "  ",
-            f"{sps:.1f}" if sps < 100 else f"{sps:,.0f}",
-            (" it/s  ", label),
-            format_elapsed(elapsed),
-            *((("  lr ", label), f"{lr:.3g}") if lr is not None else ()),
-            "  ",
-            (
-                f"● {self._status}",
-                self.component_style(f"run-header--state-{self._status}")
-                if self._status in STATES
-                else label,
-            ),
-            "  ",
+        badge = (
+            f"● {self._status}",
+            self.component_style(f"run-header--state-{self._status}") if self._status in STATES else label,
+        )
+        counters = (
             counter("drop", dropped, "run-header--warn"),
             " ",
             counter("gap", gaps, "run-header--warn"),
             *((" ", counter("bad", malformed, "run-header--error")) if malformed else ()),
-            no_wrap=True,
-            end="",
         )
-        room = self.content_size.width - right.cell_len - 2
+        # The parts after the name, in display order, each with the rank at which it gives way (0: never).
+        parts: list[tuple[int, tuple[tuple[str, Style] | str, ...]]]
+        if self._status == "loading" or (self._status == "waiting" and not step):
+            # Before the history has arrived there is no step, speed or time to show: "step 0" would be a claim.
+            note = "loading history…" if self._status == "loading" else "no records yet"
+            parts = [(0, ((note, label),)), (0, (badge,)), (1, counters)]
+        else:
+            parts = [
+                (0, (("step ", label), f"{step:,}")),
+                (4, ("–" if sps is None else f"{sps:.1f}" if sps < 100 else f"{sps:,.0f}", (" it/s", label))),
+                (2, (format_elapsed(elapsed),)),
+                *([(3, (("lr ", label), f"{lr:.3g}"))] if lr is not None else []),
+                (0, (badge,)),
+                (1 if not (dropped or gaps or malformed) else 5, counters),
+            ]
+        width = self.content_size.width
         name = Text(self._run_name, style=self.component_style("run-header--name"), no_wrap=True, end="")
+        keep_name = (
+            min(name.cell_len, NAME_KEPT) + 2
+        )  # the name keeps this much (and a gap) before figures go
+        right = _join(parts)
+        for rank in range(1, 6):
+            if right.cell_len + keep_name <= width:
+                break
+            parts = [(r, p) for r, p in parts if r == 0 or r > rank]
+            right = _join(parts)
+        room = width - right.cell_len - 2
         if room < 4:
-            right.truncate(self.content_size.width, overflow="ellipsis")
+            right.truncate(width, overflow="ellipsis")
             return right
         name.truncate(room, overflow="ellipsis")
-        gap = " " * (self.content_size.width - name.cell_len - right.cell_len)
+        gap = " " * (width - name.cell_len - right.cell_len)
         return Text.assemble(name, gap, right, no_wrap=True, end="")
+
+
+def _join(parts: list[tuple[int, tuple[tuple[str, Style] | str, ...]]]) -> Text:
+    """The header's right-hand parts, two spaces apart."""
+    pieces: list[tuple[str, Style] | str] = []
+    for i, (_, part) in enumerate(parts):
+        if i:
+            pieces.append("  ")
+        pieces.extend(part)
+    return Text.assemble(*pieces, no_wrap=True, end="")

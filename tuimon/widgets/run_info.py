@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.table import Table
 from rich.text import Text
 from textual.app import RenderResult
 from textual.widget import Widget
@@ -68,7 +69,15 @@ def describe_hello(hello: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 class RunInfo(CachedComponentStyles, Widget):
-    """Static facts about the run, from its hello (model, optimizer, device, process); data in through :meth:`update`."""
+    """Static facts about the run, from its hello (model, optimizer, device, process); data in through :meth:`update`.
+
+    Args:
+        full: The ``i`` screen's panel: long values wrap under themselves and the run file is listed too; else each
+            line is cut at the panel's edge.
+        name: The widget's name.
+        id: The widget's id.
+        classes: The widget's CSS classes.
+    """
 
     DEFAULT_CSS = """
     RunInfo {
@@ -88,9 +97,17 @@ class RunInfo(CachedComponentStyles, Widget):
     | `run-info--value` | What it says. |
     """
 
-    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        full: bool = False,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self._lines: list[tuple[str, str]] = []
+        self._full = full
 
     @property
     def lines(self) -> list[tuple[str, str]]:
@@ -104,6 +121,9 @@ class RunInfo(CachedComponentStyles, Widget):
             state: The run state.
         """
         lines = describe_hello(state.hello)  # no live counters: a tall panel repainted at 10 Hz costs CPU
+        run_file = state.hello.get("run_file")
+        if self._full and isinstance(run_file, str):
+            lines.append(("run file", run_file))
         if lines != self._lines:
             grew = len(lines) != len(self._lines)
             self._lines = lines
@@ -112,6 +132,13 @@ class RunInfo(CachedComponentStyles, Widget):
     def render(self) -> RenderResult:
         key = self.component_style("run-info--key")
         value = self.component_style("run-info--value")
+        if self._full:
+            grid = Table.grid(padding=(0, 0))
+            grid.add_column(width=10, no_wrap=True)
+            grid.add_column(ratio=1, overflow="fold")
+            for k, v in self._lines:
+                grid.add_row(Text(k, style=key), Text(v, style=value))
+            return grid
         text = Text(end="")
         for i, (k, v) in enumerate(self._lines):
             text.append(f"{k:<10}", key)
