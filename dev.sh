@@ -40,6 +40,8 @@ case "$cmd" in
     python tests/benchmarks/bench_instruments.py
     python tests/benchmarks/bench_probe.py
     python tests/benchmarks/bench_alerts.py
+    python tests/benchmarks/bench_loop_shapes.py
+    python tests/benchmarks/bench_integrations.py
     ;;
   *) echo "usage: ./dev.sh demo|test|smoke|bench [options]" >&2; exit 2 ;;
 esac
