@@ -405,10 +405,7 @@ class Monitor(ControlMixin):
         if self._off:
             return
         if values is not None:
-            if isinstance(values, Mapping):
-                kw = {**values, **kw} if kw else dict(values)
-            elif step is None:
-                step = values
+            kw, step = _merge_positional(values, step, kw)
         values = kw
         count = self._count
         if step is None:
@@ -442,10 +439,7 @@ class Monitor(ControlMixin):
         if self._off:
             return
         if values is not None:
-            if isinstance(values, Mapping):
-                kw = {**values, **kw} if kw else dict(values)
-            elif step is None:
-                step = values
+            kw, step = _merge_positional(values, step, kw)
         values = kw
         q = self._queue
         if len(q) >= self._maxlen:
@@ -674,6 +668,14 @@ def watch(model: Any = None, optimizer: Any = None, **options: Any) -> Monitor:
         A live :class:`Monitor` (also a context manager).
     """
     return Monitor(model, optimizer, **options)
+
+
+def _merge_positional(values: Any, step: Any, kw: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """``log(mapping, ...)``: the mapping's names merged with the keywords (these win); ``log(n, ...)``: the
+    step, as before mappings were taken."""
+    if isinstance(values, Mapping):
+        return ({**values, **kw} if kw else dict(values)), step
+    return kw, (values if step is None else step)
 
 
 def _compiled(model: Any) -> bool:

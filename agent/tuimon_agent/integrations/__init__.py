@@ -39,24 +39,11 @@ def is_eval_name(name: str) -> bool:
     return bool(sep and head) and last in ("val", "valid", "validation", "eval", "test")
 
 
-def unwrap_optimizer(optimizer: Any) -> Any:
-    """The real ``torch.optim.Optimizer`` inside framework wrappers: accelerate's ``AcceleratedOptimizer``
-    (``.optimizer``), Lightning's ``LightningOptimizer`` (``._optimizer``), and wrappers of those.
-
-    Args:
-        optimizer: An optimizer or a wrapper, or ``None``.
-
-    Returns:
-        The innermost optimizer (``optimizer`` itself when it wraps nothing).
-    """
-    for _ in range(8):
-        inner = None
-        for attr in ("_optimizer", "optimizer"):
-            cand = getattr(optimizer, attr, None)
-            if cand is not None and cand is not optimizer and hasattr(cand, "param_groups"):
-                inner = cand
-                break
-        if inner is None:
-            return optimizer
-        optimizer = inner
-    return optimizer
+def is_scalar(v: Any) -> bool:
+    """A loggable scalar: a number or a one-element tensor (bools, strings and lists are left out)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    numel = getattr(v, "numel", None)
+    return callable(numel) and numel() == 1

@@ -7,7 +7,7 @@ this module.
 What it records:
 
 - at ``on_train_begin``, :func:`tuimon_agent.watch` of the model and the real torch optimizer (the Trainer hands
-  callbacks accelerate's ``AcceleratedOptimizer``, unwrapped here through ``.optimizer``) and its LR scheduler (so a
+  callbacks accelerate's ``AcceleratedOptimizer``, which watch() unwraps and names) and its LR scheduler (so a
   live ``set_lr`` persists under it), with the callback's keyword options;
 - each optimizer step's values and statistics carry their own step although the Trainer logs only every
   ``logging_steps`` (the monitor counts optimizer steps itself);
@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 
 from .. import watch
 from ..monitor import Monitor
-from . import is_eval_name, unwrap_optimizer
+from . import is_eval_name, is_scalar
 
 __all__ = ["TuimonCallback"]
 
@@ -57,7 +57,7 @@ class TuimonCallback(TrainerCallback):
         """Called at the beginning of training: watch the model and the real optimizer."""
         if self.monitor is not None:
             self.monitor.close()
-        optimizer = unwrap_optimizer(kwargs.get("optimizer"))
+        optimizer = kwargs.get("optimizer")  # accelerate's wrapper: watch() unwraps it
         options = dict(self.options)
         scheduler = kwargs.get("lr_scheduler")
         if "scheduler" not in options and scheduler is not None:
@@ -86,8 +86,8 @@ class TuimonCallback(TrainerCallback):
             return
         try:
             step = int(state.global_step)
-            train = {k: v for k, v in logs.items() if _number(v) and not is_eval_name(k)}
-            evals = {k: v for k, v in logs.items() if _number(v) and is_eval_name(k)}
+            train = {k: v for k, v in logs.items() if is_scalar(v) and not is_eval_name(k)}
+            evals = {k: v for k, v in logs.items() if is_scalar(v) and is_eval_name(k)}
             if evals and "epoch" in train:
                 evals["epoch"] = train.pop("epoch")
             if train:
@@ -102,13 +102,3 @@ class TuimonCallback(TrainerCallback):
         mon, self.monitor = self.monitor, None
         if mon is not None:
             mon.close()
-
-
-def _number(v: Any) -> bool:
-    """A loggable scalar: a number or a one-element tensor (strings and lists are left out)."""
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, (int, float)):
-        return True
-    numel = getattr(v, "numel", None)
-    return callable(numel) and numel() == 1

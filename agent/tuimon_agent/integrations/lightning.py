@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import watch
 from ..monitor import Monitor, _warn
-from . import is_eval_name, unwrap_optimizer
+from . import is_eval_name, is_scalar
 
 try:
     from lightning.pytorch import Callback
@@ -71,7 +71,7 @@ class TuimonCallback(Callback):
         if self.monitor is not None:
             self.monitor.close()
         optimizers = list(getattr(trainer, "optimizers", None) or [])
-        optimizer = unwrap_optimizer(optimizers[0]) if optimizers else None
+        optimizer = optimizers[0] if optimizers else None
         if len(optimizers) > 1:
             _warn(
                 f"TuimonCallback: the module has {len(optimizers)} optimizers; only the first "
@@ -113,7 +113,7 @@ class TuimonCallback(Callback):
             metrics = trainer.callback_metrics
             values = {}
             for k, v in metrics.items():
-                if k in self._eval_names or is_eval_name(k) or not _scalar(v) or not self._fresh(k, v):
+                if k in self._eval_names or is_eval_name(k) or not is_scalar(v) or not self._fresh(k, v):
                     continue
                 # the plain name of a metric logged on step and on epoch: its x_epoch twin says it
                 if metrics.get(f"{k}_epoch") is v:
@@ -143,7 +143,7 @@ class TuimonCallback(Callback):
                 if (before.get(k) is not v or is_eval_name(k)) and not _epoch_twin(k, metrics)
             }
             self._before_val = {}
-            values = {k: v for k, v in values.items() if _scalar(v)}
+            values = {k: v for k, v in values.items() if is_scalar(v)}
             if values:
                 self._eval_names.update(values)
                 mon.log_eval(values, step=int(trainer.global_step))
@@ -170,7 +170,7 @@ class TuimonCallback(Callback):
         thread)."""
         values: dict[str, Any] = {}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if _scalar(loss):
+        if is_scalar(loss):
             values["loss"] = loss.detach() if hasattr(loss, "detach") else loss
         metrics = trainer.callback_metrics
         for k, v in metrics.items():
@@ -179,7 +179,7 @@ class TuimonCallback(Callback):
                 or is_eval_name(k)
                 or k.endswith("_epoch")
                 or (k.endswith("_step") and k[:-5] in metrics)
-                or not _scalar(v)
+                or not is_scalar(v)
             ):
                 continue
             if self._fresh(k, v):
@@ -206,13 +206,3 @@ class TuimonCallback(Callback):
 def _epoch_twin(name: str, metrics: Any) -> bool:
     """``x_epoch`` when ``x`` holds the same value (a metric logged both on step and on epoch)."""
     return name.endswith("_epoch") and metrics.get(name[: -len("_epoch")]) is metrics.get(name)
-
-
-def _scalar(v: Any) -> bool:
-    """A number or a one-element tensor."""
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, (int, float)):
-        return True
-    numel = getattr(v, "numel", None)
-    return callable(numel) and numel() == 1
