@@ -22,6 +22,9 @@ from tuimon_agent import protocol  # noqa: E402
 from tuimon_agent.alerts.base import SEVERITY_RANK  # noqa: E402
 from tuimon_agent.runfile import RunFileReader  # noqa: E402
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 EXPECTED: dict[str, tuple[str | None, int, int]] = {
     # bug: (the rule that must fire at warning+, training steps, the step by which it must have fired)
     "none": (None, 600, 0),

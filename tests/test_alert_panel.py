@@ -624,6 +624,7 @@ NAN_TRAINER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 async def test_a_live_run_whose_agent_raises_an_alert_shows_it(tmp_path: Path) -> None:
     import subprocess
 

@@ -204,6 +204,7 @@ def test_subordinate_rules_are_capped_at_info_while_their_cause_is_active() -> N
     assert diag.ctx.is_active("vanishing_gradients") and diag.ctx.is_active("vanishing_gradients", "global")
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_over_a_long_run_with_many_alert_ids() -> None:
     class PerStep(Rule):
         """A new alert id every step (worst case for the engine's table), resolved 3 steps later."""

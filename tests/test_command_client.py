@@ -15,6 +15,9 @@ from tuimon.source import LiveSource, SourceUpdate
 from tuimon.state import RunState
 from tuimon_agent import commands, protocol
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def trainer(tmp_path: Path) -> Trainer:

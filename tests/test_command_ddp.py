@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 def worker(out_dir: str, mode: str = "all") -> None:
     """One rank: a tiny DDP model on its own data shard, the real agent on every rank (``mode="all"``) or on rank 0

@@ -28,6 +28,9 @@ from tuimon.screens.command_history import CommandHistoryScreen
 from tuimon.source import FileSource, LiveSource
 from tuimon.widgets import NoticeBar
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 async def _until(pilot: Pilot, cond: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
     """Let the app run until ``cond()`` holds (the deadline only stops a hung test; it measures nothing)."""
@@ -148,7 +151,6 @@ async def test_stop_asks_for_confirmation_and_escape_keeps_training(trainer: Tra
     assert end.kind == "end" and "enough" in str(end.data)
 
 
-@pytest.mark.slow
 async def test_a_stop_the_loop_ignores_is_shown_and_interrupt_is_offered(tmp_path: Path) -> None:
     trainer = Trainer(tmp_path, "--rate", "40", "--ignore-stop", name="ignores")
     try:

@@ -19,6 +19,9 @@ from helpers import CommandClient, read_until, start_trainer, wait_live
 from tuimon_agent import protocol
 from tuimon_agent.runfile import RunFileReader
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 class Lines:
     """Collects the trainer's stdout lines on a thread, so the test can look at them while it runs."""

@@ -24,6 +24,9 @@ from helpers import CommandClient
 import tuimon_agent
 from tuimon_agent import discovery, protocol
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 STOP_IGNORED_AFTER = 3  # tuimon_agent.control.STOP_IGNORED_AFTER (checked below)
 
 LR_MAX, LR_MIN, WARMUP, DECAY = 6e-3, 6e-4, 5, 40
@@ -154,7 +157,6 @@ def test_set_lr_that_holds_is_confirmed(tmp_path: Path) -> None:
     assert used[K] == pytest.approx(LR_MAX * 0.1)
 
 
-@pytest.mark.slow
 def test_stop_ignored_is_reported_then_interrupt_ends_the_loop_at_a_step(tmp_path: Path) -> None:
     t = Trainer(tmp_path, "--ignore-stop", "--rate", "50", name="ignores")
     try:
@@ -191,7 +193,6 @@ def test_stop_ignored_is_reported_then_interrupt_ends_the_loop_at_a_step(tmp_pat
     print(f"interrupt: send to process exit {took:.2f} s")
 
 
-@pytest.mark.slow
 def test_stop_that_the_loop_reads_is_confirmed(tmp_path: Path) -> None:
     t = Trainer(tmp_path, "--rate", "50", name="reads")
     try:
@@ -205,7 +206,6 @@ def test_stop_that_the_loop_reads_is_confirmed(tmp_path: Path) -> None:
         t.stop()
 
 
-@pytest.mark.slow
 def test_send_to_a_run_without_optimizer_answers_at_once(tmp_path: Path) -> None:
     t = Trainer(tmp_path, "--no-optimizer", "--rate", "50", name="noopt")
     try:

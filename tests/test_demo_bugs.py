@@ -24,6 +24,9 @@ pytest.importorskip("sklearn")
 
 from tuimon.demo import digits  # noqa: E402 (after the importorskips)
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 LN10 = math.log(10)
 
 
@@ -215,7 +218,6 @@ def test_no_checks_skips_the_sanity_check(tmp_path: Path) -> None:
         assert not [r for r in reader.records() if r.kind == protocol.CHECK]
 
 
-@pytest.mark.slow
 def test_a_stop_command_ends_a_real_demo_process_early(tmp_path: Path) -> None:
     """``python -m tuimon.demo.digits`` at its defaults (10 minutes) reads ``mon.should_stop``: a real ``stop``
     sent with ``tuimon send`` ends its loop at the step the command was applied at, and the run file says why."""

@@ -15,6 +15,9 @@ from helpers import follow, read_until, start_trainer, wait_live
 from tuimon_agent import discovery, protocol
 from tuimon_agent.runfile import RunFileReader
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 def _file_records(path: str | Path) -> list[protocol.Record]:
     with RunFileReader(path) as r:

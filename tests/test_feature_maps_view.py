@@ -296,6 +296,7 @@ def test_map_set_range_text_uses_finite_channels_only() -> None:
 # -- live -----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_feature_maps_follow_a_live_training_process(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuimon.demo.digits", "--steps", "100000", "--pace", "0.01", "--no-checks"]

@@ -434,6 +434,7 @@ async def _until(pilot: Pilot, done: Any, what: str, timeout: float = 60.0) -> N
         await pilot.pause(REPAINT_INTERVAL)
 
 
+@pytest.mark.slow
 async def test_histograms_follow_a_live_run(tmp_path: Path) -> None:
     script, go = tmp_path / "train.py", tmp_path / "go"
     script.write_text(LIVE_TRAINER)
@@ -476,6 +477,7 @@ async def test_histograms_follow_a_live_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.slow
 def test_tuimon_replay_in_tmux_shows_the_histograms(
     hist_run: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
 ) -> None:

@@ -17,6 +17,9 @@ from tuimon_agent.checks import CheckResult
 from tuimon_agent.checks.suite import ALL_CHECKS, run_checks
 from tuimon_agent.runfile import RunFileReader
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -12,6 +12,9 @@ from cmdtools import Trainer, file_records, scalar_after, tuimon
 
 from tuimon_agent import protocol
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 APPLIED = re.compile(r"applied at step ([\d,]+)")
 
 

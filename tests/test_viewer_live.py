@@ -20,6 +20,9 @@ from tuimon.widgets import MetricList, RunHeader
 from tuimon_agent import protocol
 from tuimon_agent.runfile import RunFileReader
 
+# Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 async def test_attach_to_a_live_trainer_and_see_it_end(tmp_path: Path) -> None:
     proc = start_trainer(tmp_path, "--steps", "400", "--pace", "0.005", name="live-app")
