@@ -1,0 +1,95 @@
+"""The viewer's dialogs and state lines against a real live run (Pilot): keys typed in one burst into a command
+dialog are applied in order (never a value other than the one typed), a paused run says so in the header and the
+notices in words."""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cmdtools import Trainer
+from textual import events
+from textual.keys import _character_to_key, _get_unicode_name_from_key
+from textual.pilot import Pilot
+
+from tuimon.app import TuimonApp, make_app
+from tuimon.screens.command_dialog import CommandDialog
+from tuimon.source import LiveSource
+
+
+async def _until(
+    pilot: Pilot,
+    cond: Callable[[], bool],
+    what: str,
+    seconds: float = 60.0,
+    on_timeout: Callable[[], str] = lambda: "",
+) -> None:
+    """Let the app run until ``cond()`` holds (the deadline only stops a hung test; it measures nothing)."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never: {what} {on_timeout()}")
+        await pilot.pause(0.05)
+
+
+def _burst(app: TuimonApp, keys: list[str]) -> None:
+    """Queue every key at once, as a fast typist under load delivers them: no key waits for the one before."""
+    driver = app._driver
+    assert driver is not None
+    for key in keys:  # the events Pilot.press makes, without its wait after each
+        name = _character_to_key(key) if len(key) == 1 and not key.isalnum() else key
+        try:
+            char: str | None = unicodedata.lookup(_get_unicode_name_from_key(name))
+        except KeyError:
+            char = key if len(key) == 1 else None
+        ev = events.Key(name, char)
+        ev.set_sender(app)
+        driver.send_message(ev)
+
+
+@pytest.fixture
+def trainer(tmp_path: Path) -> Trainer:
+    t = Trainer(tmp_path, "--rate", "40")
+    t.line("STEP 3")
+    yield t
+    t.stop()
+
+
+def _error(app: TuimonApp) -> str:
+    screen = app.screen
+    return f"{screen.error} {screen.warning}" if isinstance(screen, CommandDialog) else ""
+
+
+async def _live(pilot: Pilot) -> TuimonApp:
+    app = pilot.app
+    assert isinstance(app, TuimonApp)
+    await _until(pilot, lambda: app.status == "live" and app.state.lr() is not None, "the run is live")
+    return app
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("typed", ["x0.5", "0.0123", "/10"])
+async def test_keys_typed_in_one_burst_into_the_lr_dialog_send_exactly_what_was_typed(
+    trainer: Trainer, typed: str
+) -> None:
+    app = make_app(LiveSource(trainer.info, follow_restarts=False))
+    async with app.run_test(size=(100, 30)) as pilot:
+        app = await _live(pilot)
+        _burst(app, ["l", *typed, "enter"])  # `l` opens the dialog; the rest arrive before it has focus
+        await _until(
+            pilot,
+            lambda: app.state.commands.latest() is not None and app.screen is app.overview,
+            "a command sent",
+            on_timeout=lambda: f"the screen is {app.screen!r}, showing {_error(app)!r}",
+        )
+        cmd = app.state.commands.latest()
+        assert cmd is not None
+        if typed.startswith("x"):
+            assert cmd.args == {"scale": 0.5}, cmd.args
+        elif typed.startswith("/"):
+            assert cmd.args == {"scale": pytest.approx(0.1)}, cmd.args
+        else:
+            assert cmd.args == {"value": pytest.approx(0.0123)}, cmd.args
