@@ -18,6 +18,7 @@ from textual.pilot import Pilot
 from tuimon.app import TuimonApp, make_app
 from tuimon.screens.command_dialog import CommandDialog
 from tuimon.source import LiveSource
+from tuimon.widgets import NoticeBar, RunHeader
 
 
 async def _until(
@@ -58,6 +59,10 @@ def trainer(tmp_path: Path) -> Trainer:
     t.stop()
 
 
+def _notice(app: TuimonApp) -> str:
+    return app.overview.query_one(NoticeBar).text
+
+
 def _error(app: TuimonApp) -> str:
     screen = app.screen
     return f"{screen.error} {screen.warning}" if isinstance(screen, CommandDialog) else ""
@@ -93,3 +98,42 @@ async def test_keys_typed_in_one_burst_into_the_lr_dialog_send_exactly_what_was_
             assert cmd.args == {"scale": pytest.approx(0.1)}, cmd.args
         else:
             assert cmd.args == {"value": pytest.approx(0.0123)}, cmd.args
+
+
+def _header(app: TuimonApp) -> str:
+    return app.overview.query_one(RunHeader).render().plain  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+async def test_a_paused_run_says_so_in_the_header_and_the_notices_in_words(trainer: Trainer) -> None:
+    app = make_app(LiveSource(trainer.info, follow_restarts=False))
+    async with app.run_test(size=(120, 30)) as pilot:
+        app = await _live(pilot)
+        assert "● live" in _header(app)
+        await pilot.press("p")
+        await _until(
+            pilot, lambda: "paused at step" in _notice(app), "paused", on_timeout=lambda: _notice(app)
+        )
+        (pause,) = app.state.commands.applied
+        assert f"paused at step {pause.step:,}" in _notice(app) and "False" not in _notice(app)
+        await _until(
+            pilot, lambda: f"‖ paused since step {pause.step:,}" in _header(app), "the header paused"
+        )
+        assert "● live" not in _header(app) and "it/s" in _header(app) and "– it/s" in _header(app)
+        await pilot.press("s")
+        await _until(
+            pilot,
+            lambda: "checkpoint saved at step" in _notice(app),
+            "saved",
+            on_timeout=lambda: _notice(app),
+        )
+        ckpt = app.state.commands.applied[-1]
+        assert ckpt.name == "checkpoint" and isinstance(ckpt.new, str) and Path(ckpt.new).exists()
+        assert f"checkpoint saved at step {ckpt.step:,}: {ckpt.new}" in _notice(app), _notice(app)
+        assert "off →" not in _notice(app)
+        await pilot.press("p")
+        await _until(
+            pilot, lambda: "resumed at step" in _notice(app), "resumed", on_timeout=lambda: _notice(app)
+        )
+        await _until(pilot, lambda: "● live" in _header(app), "the header live again")
+        assert "paused" not in _header(app)

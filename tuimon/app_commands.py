@@ -100,10 +100,7 @@ class LiveCommandsMixin:
 
     def run_paused(self) -> bool:
         """Whether the latest applied pause/resume was a pause."""
-        for cmd in reversed(self.state.commands.applied):
-            if cmd.name in ("pause", "resume"):
-                return cmd.name == "pause"
-        return False
+        return self.state.commands.paused_at() is not None
 
     # -- the client ---------------------------------------------------------------------------------------------------
 
