@@ -1,21 +1,26 @@
 """The viewer's dialogs and state lines against a real live run (Pilot): keys typed in one burst into a command
 dialog are applied in order (never a value other than the one typed), a paused run says so in the header and the
-notices in words."""
+notices in words, an app started for a run that is still starting says so until it attaches."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cmdtools import Trainer
+from cmdtools import COMMAND_TRAINER, Trainer
 from textual import events
 from textual.keys import _character_to_key, _get_unicode_name_from_key
 from textual.pilot import Pilot
 
 from tuimon.app import TuimonApp, make_app
+from tuimon.cli import find_started_run
 from tuimon.screens.command_dialog import CommandDialog
 from tuimon.source import LiveSource
 from tuimon.widgets import NoticeBar, RunHeader
@@ -137,3 +142,58 @@ async def test_a_paused_run_says_so_in_the_header_and_the_notices_in_words(train
         )
         await _until(pilot, lambda: "● live" in _header(app), "the header live again")
         assert "paused" not in _header(app)
+
+
+@pytest.mark.slow
+async def test_the_app_says_the_run_is_starting_before_it_exists_then_attaches(tmp_path: Path) -> None:
+    log = tmp_path / "trainer.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(COMMAND_TRAINER),
+                "--dir",
+                str(tmp_path),
+                "--rate",
+                "40",
+                "--print-every",
+                "1000000",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
+    proc.send_signal(signal.SIGSTOP)  # held before it can publish a run: the app must speak first
+    try:
+        app = make_app(wait_for=("starting the demo … importing torch", lambda: find_started_run(proc, log)))
+        async with app.run_test(size=(120, 30)) as pilot:
+            await _until(pilot, lambda: "starting the demo" in _notice(app), "the starting line")
+            assert find_started_run(proc, log) is None and app.status == "waiting"
+            assert "no records yet" in _header(app)
+            proc.send_signal(signal.SIGCONT)
+            await _until(
+                pilot,
+                lambda: app.status == "live" and app.state.step > 0,
+                "attached to the run",
+                on_timeout=lambda: f"{app.status} {_notice(app)} {log.read_text()[-500:]}",
+            )
+            assert app.state.name == "cmd"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(30)
+
+
+async def test_the_app_says_why_a_started_run_never_appeared(tmp_path: Path) -> None:
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; print('no module named sklearn'); sys.exit(3)"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    app = make_app(wait_for=("starting the demo …", lambda: find_started_run(proc, log)))
+    async with app.run_test(size=(120, 30)) as pilot:
+        await _until(pilot, lambda: "exited" in _notice(app), "the reason", on_timeout=lambda: _notice(app))
+        assert "the demo exited (code 3)" in _notice(app) and "no module named sklearn" in _notice(app)
+        assert app.status == "ended"
