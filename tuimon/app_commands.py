@@ -45,7 +45,7 @@ class LiveCommandsMixin:
         so Textual gave it to the old screen's focus): hand it to the dialog, in order, instead of checking it
         against the dialog's bindings (an early Enter would send the prefill, not what was typed)."""
         screen = self.screen  # type: ignore[attr-defined]
-        if isinstance(screen, CommandDialog) and not seen_by_dialog(event):
+        if isinstance(screen, CommandDialog) and screen.takes_early_keys and not seen_by_dialog(event):
             event.stop()
             event.prevent_default()
             screen.feed(event)

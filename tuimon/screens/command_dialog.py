@@ -159,9 +159,13 @@ class CommandDialog(ModalScreen[CommandRequest | None]):
         self._ready = True
         self._drain()
 
+    takes_early_keys: ClassVar[bool] = True
+    """Whether keys typed before the field had focus are fed to it (a dialog with a field; known before it is
+    composed, when the earliest keys arrive)."""
+
     def on_key(self, event: events.Key) -> None:
         """A key that reached the dialog screen itself (no field focused yet): feed it to the field."""
-        if seen_by_dialog(event):
+        if seen_by_dialog(event) or not self.takes_early_keys:
             return
         event.stop()
         event.prevent_default()
@@ -404,6 +408,8 @@ class ConfirmCommandDialog(CommandDialog):
         self.req = req
         help_ = commands.COMMANDS[req.name].help if req.name in commands.COMMANDS else ""
         super().__init__(f"send {req.label}?", help_ or req.label, note=note)
+
+    takes_early_keys: ClassVar[bool] = False  # no field: an early enter meets the screen's own binding
 
     def fields(self) -> ComposeResult:
         yield from ()
