@@ -200,18 +200,18 @@ async def test_pause_toggles_and_checkpoint_sends_at_once(trainer: Trainer) -> N
     async with app.run_test(size=(100, 30)) as pilot:
         await _live(pilot)
         await pilot.press("p")
-        await _until(pilot, lambda: "pause applied" in _notice(app), "paused")
+        await _until(pilot, lambda: "paused at step" in _notice(app), "paused")
         assert app.run_paused()
         await pilot.press("s")  # a checkpoint while paused: applied on the waiting training thread
-        await _until(pilot, lambda: "checkpoint applied" in _notice(app), "checkpoint")
+        await _until(pilot, lambda: "checkpoint saved at step" in _notice(app), "checkpoint")
         await pilot.press("p")
-        await _until(pilot, lambda: "resume applied" in _notice(app), "resumed")
+        await _until(pilot, lambda: "resumed at step" in _notice(app), "resumed")
         assert not app.run_paused()
         names = [c.name for c in app.state.commands.applied]
         assert names == ["pause", "checkpoint", "resume"]
         await pilot.press("h")
         assert isinstance(app.screen, CommandHistoryScreen)
-        assert "resume applied at step" in app.screen.text and "pause applied at step" in app.screen.text
+        assert "resumed at step" in app.screen.text and "paused at step" in app.screen.text
 
 
 async def test_an_alert_action_opens_its_dialog_with_the_exact_value_first(trainer: Trainer) -> None:

@@ -15,7 +15,7 @@ from tuimon_agent import protocol
 # Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
 pytestmark = pytest.mark.slow
 
-APPLIED = re.compile(r"applied at step ([\d,]+)")
+APPLIED = re.compile(r"(?:applied|paused|resumed|saved) at step ([\d,]+)")
 
 
 def _step(out: str) -> int:
@@ -50,7 +50,7 @@ def test_every_builtin_and_a_custom_command_end_to_end(trainer: Trainer) -> None
     def send(*args: str) -> str:
         r = tuimon("send", trainer.run_id, *args)
         assert r.returncode == 0, (args, r.stdout, r.stderr)
-        assert "applied at step" in r.stdout, r.stdout
+        assert APPLIED.search(r.stdout), r.stdout
         return r.stdout
 
     assert "lr 0.01 → 0.005" in send("set-lr", "x0.5")
@@ -58,8 +58,10 @@ def test_every_builtin_and_a_custom_command_end_to_end(trainer: Trainer) -> None
     assert "clip off → 1" in send("set-clip", "1.0")
     assert "clip 1 → off" in send("set-clip", "off")
     assert "weight decay 0.0001 → 0.01" in send("set-wd", "0.01")
-    paused_at = _step(send("pause"))
-    send("checkpoint")
+    paused = send("pause")
+    assert paused.startswith("paused at step"), paused  # in words, not "pause False → True"
+    paused_at = _step(paused)
+    assert "checkpoint saved at step" in send("checkpoint")
     assert _step(send("resume")) >= paused_at
     send("bump", "amount=2.5", "note=hello")
     send("stop", "--reason", "done testing")

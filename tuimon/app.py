@@ -8,6 +8,7 @@ screen when something changed, so 10,000 records a second never mean 10,000 repa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -15,7 +16,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from tuimon_agent.discovery import ConnectionInfo
 
@@ -33,6 +34,13 @@ REPAINT_INTERVAL = 0.1
 
 MakeSource = Callable[[ConnectionInfo], Source]
 
+FindRun = Callable[[], "ConnectionInfo | str | None"]
+"""Polled while the app waits for a run it started (``tuimon demo``): the run's connection info once it is live,
+a reason (``str``) when it will never appear (the process exited), ``None`` while it is still starting."""
+
+WAIT_POLL = 0.1
+"""Seconds between two polls of a :data:`FindRun`."""
+
 
 class TuimonApp(LiveCommandsMixin, App[None]):
     """The tuimon viewer: one run's live (or replayed) state. Build it with :func:`make_app`.
@@ -41,6 +49,8 @@ class TuimonApp(LiveCommandsMixin, App[None]):
         source: Where records come from; ``None`` to pick one of ``choices`` first (or to wait forever).
         choices: Live runs to pick from when there is no ``source``; a picker is shown when there are several.
         make_source: Builds the source for the picked run (default: :class:`~tuimon.source.LiveSource`).
+        wait_for: With no ``source``: a run that is being started, as ``(what to show meanwhile, FindRun)``; the
+            app shows the line at once and attaches when the run appears (or shows why it never will).
     """
 
     CSS_PATH = "app.tcss"
@@ -67,8 +77,10 @@ class TuimonApp(LiveCommandsMixin, App[None]):
         *,
         choices: list[ConnectionInfo] | None = None,
         make_source: MakeSource | None = None,
+        wait_for: tuple[str, FindRun] | None = None,
     ) -> None:
         super().__init__()
+        self._wait_for = wait_for
         self.source = source
         self.choices = list(choices or [])
         self._make_source = make_source
@@ -95,6 +107,29 @@ class TuimonApp(LiveCommandsMixin, App[None]):
             self._start(self._source_for(self.choices[0]))
         elif self.choices:
             self.push_screen(PickRun(self.choices), self._picked)
+        elif self._wait_for is not None:
+            self.notice = self._wait_for[0]
+            self.run_worker(self._wait_for_run, name="wait for the run", thread=True, exit_on_error=False)
+
+    def _wait_for_run(self) -> None:
+        """Poll the :data:`FindRun` (in a thread: it reads the runtime directory) until the run appears."""
+        assert self._wait_for is not None
+        find = self._wait_for[1]
+        worker = get_current_worker()
+        while not worker.is_cancelled:
+            found = find()
+            if isinstance(found, ConnectionInfo):
+                self.call_from_thread(self._start, self._source_for(found))
+                return
+            if isinstance(found, str):
+                self.call_from_thread(self._never_started, found)
+                return
+            time.sleep(WAIT_POLL)
+
+    def _never_started(self, why: str) -> None:
+        self.notice = why
+        self.status = "ended"
+        self._dirty = True
 
     def _source_for(self, info: ConnectionInfo) -> Source:
         if self._make_source is not None:
@@ -207,6 +242,7 @@ def make_app(
     *,
     choices: list[ConnectionInfo] | None = None,
     make_source: MakeSource | None = None,
+    wait_for: tuple[str, FindRun] | None = None,
 ) -> TuimonApp:
     """Build the viewer app: the one factory for the CLI and the tests.
 
@@ -215,8 +251,9 @@ def make_app(
             :class:`~tuimon.source.FileSource`).
         choices: Live runs to pick from, when ``source`` is ``None``; several show a picker first.
         make_source: Builds the source for the picked run (default: ``LiveSource``).
+        wait_for: A run being started: ``(what to show meanwhile, FindRun)`` (see :class:`TuimonApp`).
 
     Returns:
         The app, not yet running.
     """
-    return TuimonApp(source, choices=choices, make_source=make_source)
+    return TuimonApp(source, choices=choices, make_source=make_source, wait_for=wait_for)

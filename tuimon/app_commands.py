@@ -13,11 +13,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from textual import events
+
 from tuimon_agent import commands
 
 from .control import CommandClient, CommandRequest, ReadOnly, TrackedCommand, describe
 from .messages import AlertActionRequested, CommandChanged
-from .screens.command_dialog import InterruptDialog, dialog_for
+from .screens.command_dialog import CommandDialog, InterruptDialog, dialog_for, seen_by_dialog
 from .screens.command_history import CommandHistoryScreen
 
 if TYPE_CHECKING:
@@ -35,6 +37,18 @@ class LiveCommandsMixin:
     status: str
     _dirty: bool
     _commander: CommandClient | None = None
+
+    # -- keys typed before a dialog had focus --------------------------------------------------------------------------
+
+    def on_key(self, event: events.Key) -> None:
+        """A key that bubbled up from the screen under a command dialog (typed right after the key that opened it,
+        so Textual gave it to the old screen's focus): hand it to the dialog, in order, instead of checking it
+        against the dialog's bindings (an early Enter would send the prefill, not what was typed)."""
+        screen = self.screen  # type: ignore[attr-defined]
+        if isinstance(screen, CommandDialog) and screen.takes_early_keys and not seen_by_dialog(event):
+            event.stop()
+            event.prevent_default()
+            screen.feed(event)
 
     # -- what can be sent ---------------------------------------------------------------------------------------------
 
@@ -86,10 +100,7 @@ class LiveCommandsMixin:
 
     def run_paused(self) -> bool:
         """Whether the latest applied pause/resume was a pause."""
-        for cmd in reversed(self.state.commands.applied):
-            if cmd.name in ("pause", "resume"):
-                return cmd.name == "pause"
-        return False
+        return self.state.commands.paused_at() is not None
 
     # -- the client ---------------------------------------------------------------------------------------------------
 

@@ -155,11 +155,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        info = _wait_for_run(proc, timeout=60.0)
-        if info is None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            return _fail(f"the demo did not start a run (exit code {proc.poll()}):\n{tail}")
-        return _run_app(source=LiveSource(info, follow_restarts=False))
+        # The app opens at once and says what is going on while the demo imports torch and runs its sanity checks
+        # (10-20 s on a slow machine), then attaches when the run appears.
+        starting = (
+            f"starting the demo (pid {proc.pid}, bug={args.bug}) … importing torch, running the sanity checks; "
+            f"the first frame follows in a few seconds · output: {log_path}"
+        )
+        return _run_app(wait_for=(starting, lambda: find_started_run(proc, log_path)))
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -168,14 +170,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 proc.wait(10)
 
 
-def _wait_for_run(proc: subprocess.Popen[bytes], *, timeout: float) -> discovery.ConnectionInfo | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        for info in discovery.live_runs(clean=False):
-            if info.pid == proc.pid:
-                return info
-        time.sleep(0.1)
-    return None
+def find_started_run(proc: subprocess.Popen[bytes], log_path: Path) -> discovery.ConnectionInfo | str | None:
+    """The live run of a process this CLI started: its connection info once it is live, why it never will be
+    (the process exited; with the end of its log), or ``None`` while it is still starting."""
+    for info in discovery.live_runs(clean=False):
+        if info.pid == proc.pid:
+            return info
+    code = proc.poll()
+    if code is None:
+        return None
+    try:
+        tail = log_path.read_text(errors="replace")[-600:].strip()
+    except OSError as exc:
+        tail = f"(its log {log_path} cannot be read: {exc})"
+    return f"the demo exited (code {code}) before it started a run: {tail}"
 
 
 # -- printing commands ---------------------------------------------------------------------------------------------

@@ -300,12 +300,21 @@ def describe(cmd: TrackedCommand) -> str:
     """Where a command stands, in one line.
 
     ``set_lr 0.0003 … pending``; ``set_lr 0.0003 queued``; ``set_lr applied at step 1234: lr 0.001 → 0.0003``;
-    ``set_lr 0.0003 rejected: invalid value nan``; ``set_lr 0.0003: no answer …``.
+    ``set_lr 0.0003 rejected: invalid value nan``; ``set_lr 0.0003: no answer …``; ``paused at step 120``,
+    ``resumed at step 120``, ``checkpoint saved at step 130: ckpt/step130.pt``.
     """
     if cmd.status in ("overwritten", "ignored"):
         return f"{cmd.label} {cmd.reason or cmd.status}"
     if cmd.status == "applied":
         step = f"step {cmd.step:,}" if isinstance(cmd.step, int) else "the next step"
+        if cmd.name in ("pause", "resume"):
+            word = "paused" if cmd.name == "pause" else "resumed"
+            again = cmd.old is not None and cmd.old == cmd.new  # a pause while paused, a resume while running
+            return f"already {word} (at {step})" if again else f"{word} at {step}"
+        if cmd.name == "checkpoint":
+            if cmd.new is None:
+                return f"checkpoint at {step}: no file written (only rank 0 saves)"
+            return f"checkpoint saved at {step}: {_fmt(cmd.new)}"
         text = f"{cmd.name} applied at {step}"
         if cmd.name in ("stop", "interrupt"):
             pass
@@ -371,6 +380,16 @@ class CommandLog:
     def entries(self) -> list[TrackedCommand]:
         """Every remembered command, oldest first."""
         return list(self._cmds.values())
+
+    def paused_at(self) -> int | None:
+        """The step the run is paused at (the latest applied pause/resume was a pause), else ``None``; ``-1`` when
+        paused at a step the ack did not name."""
+        for cmd in reversed(self.applied):
+            if cmd.name in ("pause", "resume"):
+                if cmd.name == "resume":
+                    return None
+                return cmd.step if isinstance(cmd.step, int) else -1
+        return None
 
     def latest(self) -> TrackedCommand | None:
         """The command whose state changed last."""

@@ -5,6 +5,12 @@ Each dialog is a :class:`~textual.screen.ModalScreen` whose result is a
 is not a number, not finite or out of range shows the error under the field and sends nothing; a learning-rate or
 weight-decay jump of more than :data:`JUMP_CONFIRM` times (either way) asks for a second Enter first, except for a
 value an alert suggested (shown first, sent with one Enter).
+
+Keys typed quickly after the key that opens a dialog reach the app before the dialog's field has focus: Textual hands
+them to the screen underneath (or to the dialog screen itself), and an Enter among them was then checked against the
+dialog's bindings when it bubbled up, so the prefilled value was sent instead of the one typed. Such early keys are
+handed to the dialog (:meth:`CommandDialog.feed`, from the app and from the dialog screen) and applied to the field in
+the order typed; the field holds its own keys while early ones are still waiting.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -27,6 +33,33 @@ from ..control import CommandRequest, label_of, parse_clip_text, parse_lr_text, 
 
 JUMP_CONFIRM = 10.0
 """A new value more than this many times the current one (or less than its 1/this) needs a second Enter."""
+
+
+_SEEN = "_tuimon_dialog_saw"
+"""Attribute set on a key event once a dialog's field or screen has taken it (so the app does not feed it again)."""
+
+
+def seen_by_dialog(event: events.Key) -> bool:
+    """Whether a dialog's field or screen has already taken this key event."""
+    return bool(getattr(event, _SEEN, False))
+
+
+def _mark(event: events.Key) -> None:
+    setattr(event, _SEEN, True)
+
+
+class DialogInput(Input):
+    """A dialog's field: holds its keys back while keys typed before it had focus are still waiting (order kept)."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        _mark(event)
+        screen = self.screen
+        if isinstance(screen, CommandDialog) and screen.has_early_keys:
+            event.stop()
+            event.prevent_default()
+            screen.feed(event)
+            return
+        await super()._on_key(event)
 
 
 def _num(v: float | None) -> str:
@@ -85,6 +118,9 @@ class CommandDialog(ModalScreen[CommandRequest | None]):
         self._note = note
         self._placeholder = placeholder
         self._confirming: str | None = None
+        self._early: list[events.Key] = []
+        self._typed_early = False
+        self._ready = False
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog") as box:
@@ -99,7 +135,71 @@ class CommandDialog(ModalScreen[CommandRequest | None]):
 
     def fields(self) -> ComposeResult:
         """The dialog's input fields (one by default)."""
-        yield Input(self._prefill, placeholder=self._placeholder, id="value", select_on_focus=True)
+        yield DialogInput(self._prefill, placeholder=self._placeholder, id="value", select_on_focus=True)
+
+    # -- keys typed before the field had focus ------------------------------------------------------------------------
+
+    @property
+    def has_early_keys(self) -> bool:
+        """Whether keys typed before the field had focus are still waiting to be applied."""
+        return bool(self._early)
+
+    def feed(self, event: events.Key) -> None:
+        """Take a key typed before the field had focus: applied in order once the dialog is mounted (now if it is).
+
+        Printable keys type into the first field (the first one replaces the prefill, as typing over the selected
+        prefill would), backspace deletes, enter sends (the text typed before it is applied first), escape cancels.
+        """
+        _mark(event)
+        self._early.append(event)
+        if self._ready:
+            self._drain()
+
+    def on_mount(self) -> None:
+        self._ready = True
+        self._drain()
+
+    takes_early_keys: ClassVar[bool] = True
+    """Whether keys typed before the field had focus are fed to it (a dialog with a field; known before it is
+    composed, when the earliest keys arrive)."""
+
+    def on_key(self, event: events.Key) -> None:
+        """A key that reached the dialog screen itself (no field focused yet): feed it to the field."""
+        if seen_by_dialog(event) or not self.takes_early_keys:
+            return
+        event.stop()
+        event.prevent_default()
+        self.feed(event)
+
+    def _drain(self) -> None:
+        fields = list(self.query(Input))
+        field = fields[0] if fields else None
+        while self._early:
+            event = self._early.pop(0)
+            if event.key == "escape":
+                self._early.clear()
+                self.action_cancel()
+                return
+            if event.key == "enter":
+                self.action_send()
+                if not self.is_attached or self.app.screen is not self:
+                    self._early.clear()
+                    return
+                continue
+            if field is None:
+                continue
+            if event.is_printable and event.character is not None:
+                if not self._typed_early:
+                    field.value = ""  # typing over the selected prefill replaces it
+                field.insert_text_at_cursor(event.character)
+            elif event.key == "backspace":
+                field.action_delete_left()
+            else:
+                continue
+            if not self._typed_early:
+                self._typed_early = True
+                field.select_on_focus = False  # focus must not select (and so later replace) what was typed
+                field.cursor_position = len(field.value)
 
     @property
     def error(self) -> str:
@@ -309,6 +409,8 @@ class ConfirmCommandDialog(CommandDialog):
         help_ = commands.COMMANDS[req.name].help if req.name in commands.COMMANDS else ""
         super().__init__(f"send {req.label}?", help_ or req.label, note=note)
 
+    takes_early_keys: ClassVar[bool] = False  # no field: an early enter meets the screen's own binding
+
     def fields(self) -> ComposeResult:
         yield from ()
 
@@ -344,7 +446,7 @@ class CustomCommandDialog(CommandDialog):
         for arg in self.spec.args:
             value = self._values.get(arg.name, arg.default)
             yield Static(f"{arg.name} ({arg.type}) {arg.help}".rstrip(), classes="arg-label", markup=False)
-            yield Input(
+            yield DialogInput(
                 "" if value is None else str(value).lower() if isinstance(value, bool) else str(value),
                 placeholder=arg.describe_range(),
                 id=f"arg-{arg.name}",

@@ -1,4 +1,8 @@
-"""The one-line run header: name, step, speed, elapsed time, learning rate, connection state and loss counters."""
+"""The one-line run header: name, step, speed, elapsed time, learning rate, connection state and loss counters.
+
+A live run that a ``pause`` command holds says ``‖ paused since step N`` instead of ``● live`` (from the command
+acks the state keeps), with no speed: its clock (agent time of the latest record) stands still because no step runs.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ class RunHeader(CachedComponentStyles, Widget):
     RunHeader > .run-header--state-ended { color: $text-secondary; text-style: bold; }
     RunHeader > .run-header--state-reconnecting { color: $text-warning; text-style: bold reverse; }
     RunHeader > .run-header--state-replay { color: $text-primary; text-style: bold; }
+    RunHeader > .run-header--paused { color: $text-warning; text-style: bold reverse; }
     """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -66,6 +71,7 @@ class RunHeader(CachedComponentStyles, Widget):
         "run-header--label",
         "run-header--warn",
         "run-header--error",
+        "run-header--paused",
         *(f"run-header--state-{s}" for s in STATES),
     }
     """
@@ -76,6 +82,7 @@ class RunHeader(CachedComponentStyles, Widget):
     | `run-header--warn` | A nonzero dropped or gap counter. |
     | `run-header--error` | A nonzero malformed counter. |
     | `run-header--state-<state>` | The state badge, one class per state in `STATES`. |
+    | `run-header--paused` | The badge of a live run held by a ``pause`` command. |
     """
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
@@ -84,11 +91,19 @@ class RunHeader(CachedComponentStyles, Widget):
         self._status = "waiting"
         self._figures: tuple[int, float | None, float, float | None] = (0, None, 0.0, None)
         self._counters: tuple[int, int, int] = (0, 0, 0)
+        self._paused_at: int | None = None
 
     @property
     def status(self) -> str:
         """The state shown in the badge."""
         return self._status
+
+    @property
+    def badge(self) -> str:
+        """The state badge's text (``● live``, ``‖ paused since step 120``, ...)."""
+        if self._paused_at is not None and self._status == "live":
+            return "‖ paused" + (f" since step {self._paused_at:,}" if self._paused_at >= 0 else "")
+        return f"● {self._status}"
 
     def update(self, state: RunState, *, status: str, label: str) -> None:
         """Show the run's latest figures.
@@ -102,6 +117,7 @@ class RunHeader(CachedComponentStyles, Widget):
         self._status = status
         self._figures = (state.step, state.steps_per_second(), state.elapsed(), state.lr())
         self._counters = (state.dropped, state.gaps, state.malformed)
+        self._paused_at = state.commands.paused_at()
         self.refresh()
 
     def render(self) -> RenderResult:
@@ -112,10 +128,17 @@ class RunHeader(CachedComponentStyles, Widget):
         def counter(word: str, n: int, cls: str) -> tuple[str, Style]:
             return f"{word} {n:,}", self.component_style(cls) if n else label
 
+        paused = self._paused_at is not None and self._status == "live"
         badge = (
-            f"● {self._status}",
-            self.component_style(f"run-header--state-{self._status}") if self._status in STATES else label,
+            self.badge,
+            self.component_style("run-header--paused")
+            if paused
+            else self.component_style(f"run-header--state-{self._status}")
+            if self._status in STATES
+            else label,
         )
+        if paused:
+            sps = None  # no step runs: the last speed would be a claim
         counters = (
             counter("drop", dropped, "run-header--warn"),
             " ",
