@@ -25,6 +25,9 @@ from tuimon.screens.command_dialog import CommandDialog
 from tuimon.source import LiveSource
 from tuimon.widgets import NoticeBar, RunHeader
 
+# Real trainers in subprocesses: in the full suite, not in -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 async def _until(
     pilot: Pilot,
