@@ -152,7 +152,9 @@ its three channels normalised together when ``rgb``, else its first channel; ``N
 chosen layer that was not called, or whose output is not map-shaped, is left out. When the probe fails it is
 turned off and an ``event`` with ``what = "probe_off"`` says why."""
 END = "end"
-"""The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``."""
+"""The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``, plus
+``"bad_values": int`` when values were dropped as not numbers (each name's first one also has a ``bad_value`` event;
+a step that is not an integer, a ``bad_step`` event)."""
 ALERT = "alert"
 """A diagnosis alert (``tuimon_agent.alerts``), one record each time an alert starts, changes severity, is
 materially updated (at most every ~50 steps while active, or when its evidence moves by a decade) or resolves;
