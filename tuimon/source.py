@@ -24,7 +24,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from tuimon_agent import discovery, protocol
+from tuimon_agent import commands, discovery, protocol
 from tuimon_agent.runfile import RunFileReader
 
 BATCH = 5000
@@ -204,10 +204,22 @@ class LiveSource(Source):
             reader.close()
         return last
 
+    def _snapshot_req(self, after: int) -> bytes:
+        """A history request, signed with the run's key when the connection file gave one (an agent on TCP
+        answers only signed requests; on ipc the runtime directory's permissions already keep others out)."""
+        fields = {"after": after, "limit": BATCH}
+        try:
+            key = commands.decode_key(self.info.key)
+        except ValueError:
+            return protocol.encode_request(protocol.SNAPSHOT_REQ, **fields)
+        return protocol.encode_request(
+            protocol.SNAPSHOT_REQ, **commands.sign_request(key, protocol.SNAPSHOT_REQ, fields)
+        )
+
     async def _snapshot(self, dealer: zmq.asyncio.Socket, last: int, emit: Emit) -> int:
         """Ask the agent for everything after ``last`` until it says there is no more."""
         while True:
-            await dealer.send(protocol.encode_request(protocol.SNAPSHOT_REQ, after=last, limit=BATCH))
+            await dealer.send(self._snapshot_req(last))
             if not await dealer.poll(REQUEST_TIMEOUT * 1000):
                 emit(
                     SourceUpdate(

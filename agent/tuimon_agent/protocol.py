@@ -27,7 +27,7 @@ gap) and are never written to the run file.
 
 ROUTER (agent) ⇐⇒ DEALER (viewer), one body frame per message (DEALER adds and ROUTER strips the identity frame)::
 
-    DEALER → [body: encode_request({"k": "snapshot_req", "after": seq, "limit": n})]
+    DEALER → [body: encode_request({"k": "snapshot_req", "after": seq, "limit": n[, "ts": t, "sig": hex]})]
     ROUTER → [identity] [body: encode({"k": "snapshot", "d": {"records": [bytes, ...], "last_seq": n, "more": bool}})]
 
 A snapshot carries already-encoded record bodies with ``seq > after`` in order, at most ``limit`` of them; ``more``
@@ -213,7 +213,8 @@ RECORD_KINDS = frozenset(
 HEARTBEAT = "heartbeat"
 """Once a second on PUB: ``q`` = last seq sent, ``d = {"dropped": int, "queued": int, "step": int}``."""
 SNAPSHOT_REQ = "snapshot_req"
-"""Viewer → agent: the records with ``seq > after`` (at most ``limit``)."""
+"""Viewer → agent: the records with ``seq > after`` (at most ``limit``). An agent on TCP answers only a request
+signed with the run's key (``ts`` and ``sig``: ``tuimon_agent.commands.sign_request``)."""
 SNAPSHOT = "snapshot"
 """Agent → viewer: ``d = {"records": [bytes], "last_seq": int, "more": bool}``."""
 ERROR = "error"

@@ -35,6 +35,13 @@ RING_SIZE = 20_000
 LINGER_MS = 500
 """How long closing sockets may wait for unsent messages: a process never hangs at exit."""
 MAX_REQUEST_BYTES = 1 << 20
+REQUEST_RATE = 200.0
+"""Requests read from ROUTER per second at most (a token bucket of :data:`REQUEST_BURST`): a flood waits in
+ZeroMQ's bounded queue (:data:`REQUEST_HWM`) instead of taking the agent thread's time from training. A viewer's
+late join takes one request per 5,000 records of history."""
+REQUEST_BURST = 200
+REQUEST_HWM = 1000
+"""Requests ZeroMQ queues per peer before the sender has to wait (its own queue then fills)."""
 PUB_BATCH = 1000
 """Records per PUB message at most."""
 
@@ -122,6 +129,12 @@ class AgentThread(threading.Thread):
             self._diag = Diagnoser()
         self._diagnosing = False
         self.published = 0
+        self.requests_served = 0
+        """Requests read from ROUTER and answered (refused ones included)."""
+        self.requests_refused = 0
+        """Of those, requests refused as unauthenticated (TCP without the run's key)."""
+        self._request_key: bytes | None = None  # on TCP: requests other than commands must be signed with it
+        self._tokens = float(REQUEST_BURST)
         self.bad_values = 0
         """Values (and queue items) dropped because they were not numbers: counted in the ``end`` record."""
         self.ready = threading.Event()
@@ -172,6 +185,7 @@ class AgentThread(threading.Thread):
         self._pub.setsockopt(zmq.SNDHWM, 50_000)
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         self._router.setsockopt(zmq.SNDHWM, 1000)
+        self._router.setsockopt(zmq.RCVHWM, REQUEST_HWM)
         ep = cfg.endpoint
         if ep == "ipc":
             pub, router = discovery.ipc_endpoints(cfg.run_id, rdir)
@@ -202,6 +216,10 @@ class AgentThread(threading.Thread):
             run_file=str(cfg.run_file) if cfg.run_file else None,
         )
         discovery.write_connection_file(self._conn, rdir)
+        if ep != "ipc":  # any local user can connect to a TCP port: only the key's holders are answered
+            from .commands import decode_key
+
+            self._request_key = decode_key(self._conn.key)
         if cfg.control is not None:
             from .commands import decode_key
             from .control_gate import CommandGate
@@ -266,13 +284,19 @@ class AgentThread(threading.Thread):
         poller = zmq.Poller()
         if self._router is not None:
             poller.register(self._router, zmq.POLLIN)
-        last_commit = last_beat = time.monotonic()
+        last_commit = last_beat = last_fill = time.monotonic()
         while True:
             stopping = self._stop_event.is_set()
             if self._router is not None:
-                for _ in range(100):  # bounded, so a flood of requests cannot starve the queue
+                now = time.monotonic()
+                self._tokens = min(float(REQUEST_BURST), self._tokens + (now - last_fill) * REQUEST_RATE)
+                last_fill = now
+                # Bounded per tick and per second: a flood of requests can neither starve the queue nor take the
+                # agent thread's (and so the training thread's) time; what is not read waits in ZeroMQ.
+                for _ in range(min(100, int(self._tokens))):
                     if not dict(poller.poll(0)):
                         break
+                    self._tokens -= 1.0
                     self._serve_request()
             if self._gate is not None:
                 self._gate.poll()
@@ -291,9 +315,9 @@ class AgentThread(threading.Thread):
                 self._publish()
                 return
             self._publish()
-            if self._router is not None:
+            if self._router is not None and self._tokens >= 1.0:
                 poller.poll(TICK * 1000)
-            else:
+            else:  # no tokens: requests wait (polling ROUTER would wake at once, spinning)
                 self._stop_event.wait(TICK)
 
     def _drain(self) -> None:
@@ -623,6 +647,7 @@ class AgentThread(threading.Thread):
             frames = self._router.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+        self.requests_served += 1
         ident, body = frames[0], frames[-1]
         try:
             req = protocol.decode(body) if len(frames) >= 2 else None
@@ -631,6 +656,18 @@ class AgentThread(threading.Thread):
         except protocol.ProtocolError as exc:
             self._reply(ident, protocol.ERROR, {"message": f"bad request: {exc}"})
             return
+        if (
+            req.kind != protocol.COMMAND and self._request_key is not None
+        ):  # commands carry their own signature
+            from .commands import check_request
+
+            why = check_request(self._request_key, req.kind, req.data)
+            if why is not None:
+                self.requests_refused += 1
+                self._reply(
+                    ident, protocol.ERROR, {"message": f"{req.kind} refused: {why}", "reason": "auth"}
+                )
+                return
         if req.kind == protocol.SNAPSHOT_REQ:
             after, limit = req.data.get("after", 0), req.data.get("limit", SNAPSHOT_LIMIT)
             if not isinstance(after, int) or not isinstance(limit, int) or after < 0 or limit < 1:
