@@ -174,3 +174,51 @@ def test_a_flood_of_unsigned_requests_is_read_at_a_bounded_rate(tmp_path: Path, 
     assert agent.requests_served <= transport.REQUEST_BURST + transport.REQUEST_RATE * (
         time.monotonic() - t0 + 0.5
     )
+
+
+def test_the_tcp_live_stream_is_encrypted_and_needs_the_server_key(
+    tmp_path: Path, dealer: zmq.Context
+) -> None:
+    from zmq.utils.monitor import recv_monitor_message
+
+    failed_events = {
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+    }
+    with tuimon_agent.watch(run="tcp-curve", dir=tmp_path, endpoint="tcp") as mon:
+        info = discovery.live_runs()[0]
+        assert info.curve_server_key and oct(Path(str(info.path)).stat().st_mode & 0o777) == "0o600"
+
+        def sub(server_key: bytes | None) -> zmq.Socket:
+            s = dealer.socket(zmq.SUB)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SUBSCRIBE, b"")
+            if server_key is not None:
+                public, secret = zmq.curve_keypair()
+                s.curve_serverkey, s.curve_publickey, s.curve_secretkey = server_key, public, secret
+            return s
+
+        plain, wrong, good = sub(None), sub(zmq.curve_keypair()[0]), sub(info.curve_server_key.encode())
+        monitor = plain.get_monitor_socket()
+        for s in (plain, wrong, good):
+            s.connect(info.pub)
+        got = {"plain": 0, "wrong": 0, "good": 0}
+        plain_failed = False
+        deadline = time.monotonic() + 30
+        i = 0
+        while not (got["good"] >= 20 and plain_failed):
+            assert time.monotonic() < deadline, f"received {got}, plain handshake failed: {plain_failed}"
+            mon.log(loss=float(i))
+            i += 1
+            for name, s in (("plain", plain), ("wrong", wrong), ("good", good)):
+                while s.poll(0):
+                    frames = s.recv_multipart()
+                    got[name] += len(frames) - 1
+            for _ in range(100):  # bounded: a refused peer retries and reports again and again
+                if plain_failed or not monitor.poll(0):
+                    break
+                plain_failed = recv_monitor_message(monitor)["event"] in failed_events
+            time.sleep(0.01)  # a training step's pace; the loop waits for the condition above
+        assert got["plain"] == 0 and got["wrong"] == 0, got
+        plain.disable_monitor()

@@ -159,6 +159,13 @@ class LiveSource(Source):
                 s.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
             sub.setsockopt(zmq.RCVHWM, 200_000)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
+            if (
+                info.curve_server_key
+            ):  # a run on TCP: its stream is encrypted (CURVE), with this key to reach it
+                public, secret = zmq.curve_keypair()
+                sub.curve_serverkey = info.curve_server_key.encode("ascii")
+                sub.curve_publickey = public
+                sub.curve_secretkey = secret
             sub.connect(info.pub)
             dealer.connect(info.router)
             saw_end = False

@@ -187,6 +187,15 @@ class AgentThread(threading.Thread):
         self._router.setsockopt(zmq.SNDHWM, 1000)
         self._router.setsockopt(zmq.RCVHWM, REQUEST_HWM)
         ep = cfg.endpoint
+        curve = ""
+        if ep != "ipc" and zmq.has("curve"):
+            # Any local user can connect to a TCP port: the live stream is encrypted with CURVE, and only a
+            # subscriber that has the server key (kept in the 0600 connection file) can complete the handshake.
+            public, secret = zmq.curve_keypair()
+            self._pub.curve_secretkey = secret
+            self._pub.curve_publickey = public
+            self._pub.curve_server = True
+            curve = public.decode("ascii")
         if ep == "ipc":
             pub, router = discovery.ipc_endpoints(cfg.run_id, rdir)
             self._pub.bind(pub)
@@ -214,6 +223,7 @@ class AgentThread(threading.Thread):
             host=cfg.hello["host"],
             started=cfg.hello["started"],
             run_file=str(cfg.run_file) if cfg.run_file else None,
+            curve_server_key=curve,
         )
         discovery.write_connection_file(self._conn, rdir)
         if ep != "ipc":  # any local user can connect to a TCP port: only the key's holders are answered
