@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -129,6 +130,10 @@ def resolve(spec: str) -> discovery.ConnectionInfo | Path:
 
 
 def _endpoint_info(spec: str) -> discovery.ConnectionInfo:
+    with contextlib.suppress(OSError, discovery.RuntimeDirError):  # one of this user's runs: with its key
+        for info in discovery.live_runs():
+            if spec == info.pub:
+                return info
     if spec.startswith("tcp://"):
         host, _, port_s = spec[len("tcp://") :].rpartition(":")
         if not port_s.isdigit():

@@ -24,7 +24,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from tuimon_agent import discovery, protocol
+from tuimon_agent import commands, discovery, protocol
 from tuimon_agent.runfile import RunFileReader
 
 BATCH = 5000
@@ -159,6 +159,13 @@ class LiveSource(Source):
                 s.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
             sub.setsockopt(zmq.RCVHWM, 200_000)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
+            if (
+                info.curve_server_key
+            ):  # a run on TCP: its stream is encrypted (CURVE), with this key to reach it
+                public, secret = zmq.curve_keypair()
+                sub.curve_serverkey = info.curve_server_key.encode("ascii")
+                sub.curve_publickey = public
+                sub.curve_secretkey = secret
             sub.connect(info.pub)
             dealer.connect(info.router)
             saw_end = False
@@ -204,10 +211,22 @@ class LiveSource(Source):
             reader.close()
         return last
 
+    def _snapshot_req(self, after: int) -> bytes:
+        """A history request, signed with the run's key when the connection file gave one (an agent on TCP
+        answers only signed requests; on ipc the runtime directory's permissions already keep others out)."""
+        fields = {"after": after, "limit": BATCH}
+        try:
+            key = commands.decode_key(self.info.key)
+        except ValueError:
+            return protocol.encode_request(protocol.SNAPSHOT_REQ, **fields)
+        return protocol.encode_request(
+            protocol.SNAPSHOT_REQ, **commands.sign_request(key, protocol.SNAPSHOT_REQ, fields)
+        )
+
     async def _snapshot(self, dealer: zmq.asyncio.Socket, last: int, emit: Emit) -> int:
         """Ask the agent for everything after ``last`` until it says there is no more."""
         while True:
-            await dealer.send(protocol.encode_request(protocol.SNAPSHOT_REQ, after=last, limit=BATCH))
+            await dealer.send(self._snapshot_req(last))
             if not await dealer.poll(REQUEST_TIMEOUT * 1000):
                 emit(
                     SourceUpdate(

@@ -342,6 +342,53 @@ def verify(key: bytes, fields: Mapping[str, Any]) -> bool:
     return hmac.compare_digest(expected.encode("ascii"), sig.encode("utf-8", "replace"))
 
 
+REQUEST_KIND_FIELD = "_kind"
+"""The request kind, added to the fields a request's signature covers (so a signature is never valid for another
+kind of request); never sent."""
+
+
+def sign_request(key: bytes, kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A request other than a command (``snapshot_req``), signed with the run's key for an agent on TCP.
+
+    Args:
+        key: The run's key (:func:`decode_key`).
+        kind: The request kind (``protocol.SNAPSHOT_REQ``).
+        fields: Its payload.
+
+    Returns:
+        The payload with ``ts`` (now) and ``sig`` (:func:`sign` of the payload, ``ts`` and the kind) added, ready
+        for ``protocol.encode_request(kind, **signed)``.
+    """
+    out: dict[str, Any] = {**fields, "ts": time.time()}
+    out["sig"] = sign(key, {**out, REQUEST_KIND_FIELD: kind})
+    return out
+
+
+def check_request(
+    key: bytes, kind: str, fields: Mapping[str, Any], *, now: float | None = None
+) -> str | None:
+    """Why a signed request (:func:`sign_request`) is refused, or ``None`` when its signature is the key's and its
+    ``ts`` is within :data:`MAX_CLOCK_SKEW` of ``now``.
+
+    Args:
+        key: The run's key.
+        kind: The request's kind, as received.
+        fields: Its payload, as received.
+        now: The agent's clock (default ``time.time()``).
+    """
+    if "sig" not in fields:
+        return "unauthenticated: the request is not signed with the run's key (it is in the run's connection file)"
+    if REQUEST_KIND_FIELD in fields or not verify(key, {**fields, REQUEST_KIND_FIELD: kind}):
+        return "unauthenticated: bad signature"
+    ts = fields.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        return f"unauthenticated: bad ts={ts!r}"
+    now = time.time() if now is None else now
+    if abs(now - ts) > MAX_CLOCK_SKEW:
+        return f"unauthenticated: stale request (ts {ts:.0f} is {now - ts:+.0f} s from the agent's clock)"
+    return None
+
+
 def decode_key(key: str) -> bytes:
     """The signing key bytes from a connection file's ``key`` field (hex, as ``discovery.new_key`` writes it).
 

@@ -82,6 +82,9 @@ class ConnectionInfo:
     started: float
     run_file: str | None
     protocol_version: int = 1
+    curve_server_key: str = ""
+    """On TCP: the PUB socket's CURVE public key (Z85); a subscriber needs it to complete the handshake, so it is
+    kept, like ``key``, only here (0600). Empty on ipc."""
     path: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -214,6 +217,7 @@ def remember_recent(info: ConnectionInfo, *, directory: Path | None = None, stat
     path = d / "recent.jsonl"
     entry = {**info.to_json(), "state": state, "ended": time.time()}
     entry.pop("key", None)
+    entry.pop("curve_server_key", None)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()[-(RECENT_KEEP - 1) :] if path.exists() else []
         lines.append(json.dumps(entry))

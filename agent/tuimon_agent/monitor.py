@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import collections
 import functools
+import operator
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ from typing import Any
 
 from . import discovery, protocol
 from .control_api import ControlMixin
-from .transport import AgentThread, RunConfig
+from .transport import _STEP_LIMIT, AgentThread, RunConfig
 
 _time = time.time
 
@@ -405,14 +406,22 @@ class Monitor(ControlMixin):
         if self._off:
             return
         if values is not None:
-            kw, step = _merge_positional(values, step, kw)
+            try:
+                kw, step = _merge_positional(values, step, kw)
+            except Exception as exc:  # a mapping that cannot be read: dropped and counted, never raised
+                self._bad_value("log()'s mapping", exc)
+                return
         values = kw
         count = self._count
         if step is None:
             # The optimizer stepped since the last log: this log belongs to its latest step; otherwise one more.
             step = self._base + count if count != self._count_at_log else self._step + 1
-        self._step = step
-        if type(step) is int:
+        elif type(step) is not int or not -_STEP_LIMIT < step < _STEP_LIMIT:
+            # numpy/tensor integers and integral floats are taken; anything else is queued as given (the agent
+            # thread keeps the record without a step, with one bad_step event) and leaves the step count as is.
+            step = _as_step(step, step)
+        if type(step) is int and -_STEP_LIMIT < step < _STEP_LIMIT:
+            self._step = step
             self._base = step - count
         self._count_at_log = count
         if self._scaler is not None:
@@ -455,9 +464,14 @@ class Monitor(ControlMixin):
         if self._off:
             return
         try:
-            self._queue.append((_CHECK, self._step, _time(), result.to_data()))
-        except Exception as exc:
-            self._fail(exc)
+            data = result.to_data()
+        except Exception as exc:  # not a CheckResult: dropped and counted, never raised
+            self._bad_value("log_check()'s result", exc)
+            return
+        q = self._queue
+        if len(q) >= self._maxlen:
+            self._drop_oldest()
+        q.append((_CHECK, self._step, _time(), data))
 
     def sanity_check(self, batch: Any, loss_fn: Any, *, model: Any = None, **options: Any) -> list[Any]:
         """Run the debugging playbook's sanity checks on the watched model and one batch; call it before training.
@@ -547,6 +561,15 @@ class Monitor(ControlMixin):
         except IndexError:
             return
         self._dropped += 1
+
+    def _bad_value(self, what: str, exc: BaseException) -> None:
+        """A value the training thread could not even queue: dropped, and counted on the agent thread as a
+        ``bad_value`` event (never raised into the training loop)."""
+        try:
+            msg = f"{what} was dropped ({type(exc).__name__}: {exc})"
+        except Exception:
+            msg = f"{what} was dropped ({type(exc).__name__})"
+        self._enqueue_stats("event", self._step, {"what": "bad_value", "message": msg[:300]})
 
     def _counters(self) -> tuple[int, int]:
         return self._dropped, self._step
@@ -678,11 +701,27 @@ def _merge_positional(values: Any, step: Any, kw: dict[str, Any]) -> tuple[dict[
     return kw, (values if step is None else step)
 
 
+def _as_step(step: Any, bad: Any) -> Any:
+    """A user's ``step=`` as an int in the wire's range (numpy and tensor integers, integral floats), or ``bad``."""
+    try:
+        value = operator.index(step)
+    except Exception:
+        try:
+            f = float(step)
+            value = int(f) if f.is_integer() else None
+        except Exception:
+            return bad
+    return int(value) if value is not None and -_STEP_LIMIT < value < _STEP_LIMIT else bad
+
+
 def _compiled(model: Any) -> bool:
     """Whether ``model`` (or a module inside DataParallel/DDP wrappers) runs under ``torch.compile``:
     ``torch.compile(model)`` or ``model.compile()``."""
     for _ in range(16):
-        if getattr(model, "_orig_mod", None) is not None or getattr(model, "_compiled_call_impl", None) is not None:
+        if (
+            getattr(model, "_orig_mod", None) is not None
+            or getattr(model, "_compiled_call_impl", None) is not None
+        ):
             return True
         inner = getattr(model, "module", None)
         if inner is None or inner is model:

@@ -27,7 +27,7 @@ gap) and are never written to the run file.
 
 ROUTER (agent) ⇐⇒ DEALER (viewer), one body frame per message (DEALER adds and ROUTER strips the identity frame)::
 
-    DEALER → [body: encode_request({"k": "snapshot_req", "after": seq, "limit": n})]
+    DEALER → [body: encode_request({"k": "snapshot_req", "after": seq, "limit": n[, "ts": t, "sig": hex]})]
     ROUTER → [identity] [body: encode({"k": "snapshot", "d": {"records": [bytes, ...], "last_seq": n, "more": bool}})]
 
 A snapshot carries already-encoded record bodies with ``seq > after`` in order, at most ``limit`` of them; ``more``
@@ -152,7 +152,9 @@ its three channels normalised together when ``rgb``, else its first channel; ``N
 chosen layer that was not called, or whose output is not map-shaped, is left out. When the probe fails it is
 turned off and an ``event`` with ``what = "probe_off"`` says why."""
 END = "end"
-"""The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``."""
+"""The run ended: ``d = {"reason": "closed" | "exception" | "signal", "dropped": int, "steps": int}``, plus
+``"bad_values": int`` when values were dropped as not numbers (each name's first one also has a ``bad_value`` event;
+a step that is not an integer, a ``bad_step`` event)."""
 ALERT = "alert"
 """A diagnosis alert (``tuimon_agent.alerts``), one record each time an alert starts, changes severity, is
 materially updated (at most every ~50 steps while active, or when its evidence moves by a decade) or resolves;
@@ -211,7 +213,8 @@ RECORD_KINDS = frozenset(
 HEARTBEAT = "heartbeat"
 """Once a second on PUB: ``q`` = last seq sent, ``d = {"dropped": int, "queued": int, "step": int}``."""
 SNAPSHOT_REQ = "snapshot_req"
-"""Viewer → agent: the records with ``seq > after`` (at most ``limit``)."""
+"""Viewer → agent: the records with ``seq > after`` (at most ``limit``). An agent on TCP answers only a request
+signed with the run's key (``ts`` and ``sig``: ``tuimon_agent.commands.sign_request``)."""
 SNAPSHOT = "snapshot"
 """Agent → viewer: ``d = {"records": [bytes], "last_seq": int, "more": bool}``."""
 ERROR = "error"

@@ -35,6 +35,13 @@ RING_SIZE = 20_000
 LINGER_MS = 500
 """How long closing sockets may wait for unsent messages: a process never hangs at exit."""
 MAX_REQUEST_BYTES = 1 << 20
+REQUEST_RATE = 200.0
+"""Requests read from ROUTER per second at most (a token bucket of :data:`REQUEST_BURST`): a flood waits in
+ZeroMQ's bounded queue (:data:`REQUEST_HWM`) instead of taking the agent thread's time from training. A viewer's
+late join takes one request per 5,000 records of history."""
+REQUEST_BURST = 200
+REQUEST_HWM = 1000
+"""Requests ZeroMQ queues per peer before the sender has to wait (its own queue then fills)."""
 PUB_BATCH = 1000
 """Records per PUB message at most."""
 
@@ -122,6 +129,14 @@ class AgentThread(threading.Thread):
             self._diag = Diagnoser()
         self._diagnosing = False
         self.published = 0
+        self.requests_served = 0
+        """Requests read from ROUTER and answered (refused ones included)."""
+        self.requests_refused = 0
+        """Of those, requests refused as unauthenticated (TCP without the run's key)."""
+        self._request_key: bytes | None = None  # on TCP: requests other than commands must be signed with it
+        self._tokens = float(REQUEST_BURST)
+        self.bad_values = 0
+        """Values (and queue items) dropped because they were not numbers: counted in the ``end`` record."""
         self.ready = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
@@ -170,7 +185,17 @@ class AgentThread(threading.Thread):
         self._pub.setsockopt(zmq.SNDHWM, 50_000)
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         self._router.setsockopt(zmq.SNDHWM, 1000)
+        self._router.setsockopt(zmq.RCVHWM, REQUEST_HWM)
         ep = cfg.endpoint
+        curve = ""
+        if ep != "ipc" and zmq.has("curve"):
+            # Any local user can connect to a TCP port: the live stream is encrypted with CURVE, and only a
+            # subscriber that has the server key (kept in the 0600 connection file) can complete the handshake.
+            public, secret = zmq.curve_keypair()
+            self._pub.curve_secretkey = secret
+            self._pub.curve_publickey = public
+            self._pub.curve_server = True
+            curve = public.decode("ascii")
         if ep == "ipc":
             pub, router = discovery.ipc_endpoints(cfg.run_id, rdir)
             self._pub.bind(pub)
@@ -198,8 +223,13 @@ class AgentThread(threading.Thread):
             host=cfg.hello["host"],
             started=cfg.hello["started"],
             run_file=str(cfg.run_file) if cfg.run_file else None,
+            curve_server_key=curve,
         )
         discovery.write_connection_file(self._conn, rdir)
+        if ep != "ipc":  # any local user can connect to a TCP port: only the key's holders are answered
+            from .commands import decode_key
+
+            self._request_key = decode_key(self._conn.key)
         if cfg.control is not None:
             from .commands import decode_key
             from .control_gate import CommandGate
@@ -264,13 +294,19 @@ class AgentThread(threading.Thread):
         poller = zmq.Poller()
         if self._router is not None:
             poller.register(self._router, zmq.POLLIN)
-        last_commit = last_beat = time.monotonic()
+        last_commit = last_beat = last_fill = time.monotonic()
         while True:
             stopping = self._stop_event.is_set()
             if self._router is not None:
-                for _ in range(100):  # bounded, so a flood of requests cannot starve the queue
+                now = time.monotonic()
+                self._tokens = min(float(REQUEST_BURST), self._tokens + (now - last_fill) * REQUEST_RATE)
+                last_fill = now
+                # Bounded per tick and per second: a flood of requests can neither starve the queue nor take the
+                # agent thread's (and so the training thread's) time; what is not read waits in ZeroMQ.
+                for _ in range(min(100, int(self._tokens))):
                     if not dict(poller.poll(0)):
                         break
+                    self._tokens -= 1.0
                     self._serve_request()
             if self._gate is not None:
                 self._gate.poll()
@@ -289,9 +325,9 @@ class AgentThread(threading.Thread):
                 self._publish()
                 return
             self._publish()
-            if self._router is not None:
+            if self._router is not None and self._tokens >= 1.0:
                 poller.poll(TICK * 1000)
-            else:
+            else:  # no tokens: requests wait (polling ROUTER would wake at once, spinning)
                 self._stop_event.wait(TICK)
 
     def _drain(self) -> None:
@@ -305,87 +341,98 @@ class AgentThread(threading.Thread):
             pass
         if not items:
             return
-        tensors = [
-            v
-            for item in items
-            if item[0] <= _EVAL  # _LOG or _EVAL: user values
-            for v in item[3].values()
-            if type(v) not in _PLAIN and _is_tensor(v)
-        ]
-        converted = _read_tensors(tensors) if tensors else {}
-        for tag, raw_step, ts, payload in items:
-            step = (
-                raw_step
-                if type(raw_step) is int and -_STEP_LIMIT < raw_step < _STEP_LIMIT
-                else self._step(raw_step)
-            )
-            if tag == _LOG:
-                values = self._numbers(payload, converted)
-                if "amp/scale" in values and not self._amp_from_opt:
-                    self._amp_scale_seen(values)
-                pend = self._pending_opt
-                if pend is not None and pend[0] == step:
-                    values = {**values, **pend[2]}
-                    self._pending_opt = None
-                else:
-                    self._flush_opt()
-                self._emit(protocol.METRICS, step, ts, {"values": values})
-                if not self.provenance.done:
-                    self._nonfinite(step, ts, self.provenance.on_loss(step, values))
-            elif tag == _EVAL:
-                self._emit(protocol.EVAL, step, ts, {"values": self._numbers(payload, converted)})
-            elif tag == _OPT:
-                j, groups, amp = payload
-                values = _opt_values(groups, "opt/" if j == 0 else f"opt/o{j}/")
-                if amp is not None:
-                    values.update(self._amp_step(amp))
-                if j == 0 and self.cfg.control is not None and self.cfg.control.clip_norms:
-                    from .control_gate import clip_values
+        try:
+            tensors = [
+                v
+                for item in items
+                if item[0] <= _EVAL  # _LOG or _EVAL: user values
+                for v in item[3].values()
+                if type(v) not in _PLAIN and _is_tensor(v)
+            ]
+            converted = _read_tensors(tensors) if tensors else {}
+        except Exception:  # an odd object: each value is then read on its own in _numbers
+            converted = {}
+        for item in items:
+            try:
+                self._record(item, converted)
+            except Exception as exc:  # one bad item is dropped and counted; the rest, and the run, go on
+                self._bad_item(item[0], exc)
 
-                    values.update(clip_values(self.cfg.control, step))
-                pend = self._pending_opt
-                if pend is not None and pend[0] == step:  # several optimizers stepped in one iteration
-                    self._pending_opt = (step, pend[1], {**pend[2], **values})
-                else:
-                    self._flush_opt()
-                    self._pending_opt = (step, ts, values)
-            elif tag == _CHECK:
-                self._emit(protocol.CHECK, step, ts, payload)
-            elif tag == _LAYERS:
-                self._emit(protocol.LAYERS, step, ts, payload)
-            elif tag == _STATS:
-                self._param_stats(step, ts, payload)
-            elif tag == _NORMS:
-                self._grad_norms(step, ts, payload)
-            elif tag == _MODULES:
-                self._emit(protocol.MODULES, step, ts, payload)
-            elif tag == _ACTS:
-                self._act_stats(step, ts, payload)
-            elif tag == _HIST:
-                from .histograms import hist_payload  # torch is imported already: the hook made the buffers
-
-                bufs, event = payload
-                self._emit(protocol.HISTOGRAMS, step, ts, hist_payload(bufs, event))
-            elif tag == _PROBE:
-                self._feature_maps(step, ts, payload)
-            elif tag == _PROV:
-                self._nonfinite(step, ts, self.provenance.on_replay(step, payload))
-            elif tag == _EVENT:
-                self._emit(protocol.EVENT, step, ts, payload)
-            elif tag == _END:
+    def _record(self, item: tuple[Any, ...], converted: dict[int, float]) -> None:
+        """One queue item → its records."""
+        tag, raw_step, ts, payload = item
+        step = (
+            raw_step
+            if type(raw_step) is int and -_STEP_LIMIT < raw_step < _STEP_LIMIT
+            else self._step(raw_step)
+        )
+        if tag == _LOG:
+            values = self._numbers(payload, converted)
+            if "amp/scale" in values and not self._amp_from_opt:
+                self._amp_scale_seen(values)
+            pend = self._pending_opt
+            if pend is not None and pend[0] == step:
+                values = {**values, **pend[2]}
+                self._pending_opt = None
+            else:
                 self._flush_opt()
-                if self._gate is not None:
-                    self._gate.poll()  # acks for commands the run ended before applying
-                self._nonfinite(step, ts, self.provenance.flush())
-                dropped, steps = self._counters()
-                self._emit(
-                    protocol.END,
-                    step,
-                    ts,
-                    {**payload, "dropped": dropped, "steps": self._step(steps) or 0},
-                )
-                self._ended = True
-                self._commit()
+            self._emit(protocol.METRICS, step, ts, {"values": values})
+            if not self.provenance.done:
+                self._nonfinite(step, ts, self.provenance.on_loss(step, values))
+        elif tag == _EVAL:
+            self._emit(protocol.EVAL, step, ts, {"values": self._numbers(payload, converted)})
+        elif tag == _OPT:
+            j, groups, amp = payload
+            values = _opt_values(groups, "opt/" if j == 0 else f"opt/o{j}/")
+            if amp is not None:
+                values.update(self._amp_step(amp))
+            if j == 0 and self.cfg.control is not None and self.cfg.control.clip_norms:
+                from .control_gate import clip_values
+
+                values.update(clip_values(self.cfg.control, step))
+            pend = self._pending_opt
+            if pend is not None and pend[0] == step:  # several optimizers stepped in one iteration
+                self._pending_opt = (step, pend[1], {**pend[2], **values})
+            else:
+                self._flush_opt()
+                self._pending_opt = (step, ts, values)
+        elif tag == _CHECK:
+            self._emit(protocol.CHECK, step, ts, payload)
+        elif tag == _LAYERS:
+            self._emit(protocol.LAYERS, step, ts, payload)
+        elif tag == _STATS:
+            self._param_stats(step, ts, payload)
+        elif tag == _NORMS:
+            self._grad_norms(step, ts, payload)
+        elif tag == _MODULES:
+            self._emit(protocol.MODULES, step, ts, payload)
+        elif tag == _ACTS:
+            self._act_stats(step, ts, payload)
+        elif tag == _HIST:
+            from .histograms import hist_payload  # torch is imported already: the hook made the buffers
+
+            bufs, event = payload
+            self._emit(protocol.HISTOGRAMS, step, ts, hist_payload(bufs, event))
+        elif tag == _PROBE:
+            self._feature_maps(step, ts, payload)
+        elif tag == _PROV:
+            self._nonfinite(step, ts, self.provenance.on_replay(step, payload))
+        elif tag == _EVENT:
+            if payload.get("what") == "bad_value":  # dropped on the training thread (monitor.py)
+                self.bad_values += 1
+            self._emit(protocol.EVENT, step, ts, payload)
+        elif tag == _END:
+            self._flush_opt()
+            if self._gate is not None:
+                self._gate.poll()  # acks for commands the run ended before applying
+            self._nonfinite(step, ts, self.provenance.flush())
+            dropped, steps = self._counters()
+            end = {**payload, "dropped": dropped, "steps": self._step(steps) or 0}
+            if self.bad_values:
+                end["bad_values"] = self.bad_values
+            self._emit(protocol.END, step, ts, end)
+            self._ended = True
+            self._commit()
 
     def _feature_maps(self, step: int | None, ts: float, payload: tuple[Any, ...]) -> None:
         """One probe pass → a ``feature_maps`` record (waiting here for its device-to-host copy); the probe's
@@ -448,17 +495,18 @@ class AgentThread(threading.Thread):
             return None
         try:
             value = operator.index(step)
-        except TypeError:
+        except Exception:
             try:
                 f = float(step)
                 value = int(f) if f.is_integer() else None
-            except (TypeError, ValueError, OverflowError, RuntimeError):
+            except Exception:  # whatever an odd object's __float__ raises
                 value = None
         if value is not None and -_STEP_LIMIT < value < _STEP_LIMIT:
             return int(value)
+        self.bad_values += 1
         if "step=" not in self._bad_values:
             self._bad_values.add("step=")
-            msg = f"step={step!r} is not an integer; records with it are kept without a step"
+            msg = f"step={_short_repr(step)} is not an integer; records with it are kept without a step"
             self._emit(protocol.EVENT, None, time.time(), {"what": "bad_step", "message": msg[:300]})
         return None
 
@@ -492,28 +540,43 @@ class AgentThread(threading.Thread):
             self._emit(protocol.METRICS, pend[0], pend[1], {"values": pend[2]})
 
     def _numbers(self, values: dict[str, Any], converted: dict[int, float]) -> dict[str, float]:
+        """A ``log()``/``log_eval()`` mapping as floats; a value that is not one (an int beyond a float's range,
+        a meta or sparse tensor, an object whose ``__float__`` raises) or a name that is not a string is dropped
+        and counted, with one ``bad_value`` event per name."""
         out: dict[str, float] = {}
         for name, v in values.items():
-            if type(v) is float or type(v) is int:
-                out[name] = float(v)
-                continue
-            got = converted.get(id(v))
-            if got is not None:
-                out[name] = got
+            if type(name) is not str:
+                self._bad_value(f"name {_short_repr(name)}", "is not a string")
                 continue
             try:
-                out[name] = float(v)
-            except (TypeError, ValueError):
-                if name not in self._bad_values:
-                    self._bad_values.add(name)
-                    msg = f"value {name}={type(v).__name__} is not a number or one-element tensor; it is skipped"
-                    self._emit(protocol.EVENT, None, time.time(), {"what": "bad_value", "message": msg})
+                if type(v) is float or type(v) is int:
+                    out[name] = float(v)
+                    continue
+                got = converted.get(id(v))
+                out[name] = got if got is not None else float(v)
+            except Exception as exc:  # float() of an odd object can raise anything
+                self._bad_value(
+                    name, f"={type(v).__name__} is not a number or one-element tensor ({_exc(exc)})"
+                )
         return out
 
+    def _bad_value(self, name: str, why: str) -> None:
+        """Count a dropped value; the first of each name also emits a ``bad_value`` event."""
+        self.bad_values += 1
+        if name not in self._bad_values:
+            self._bad_values.add(name)
+            msg = f"value {name}{why}; it is skipped"
+            self._emit(protocol.EVENT, None, time.time(), {"what": "bad_value", "message": msg[:300]})
+
+    def _bad_item(self, tag: int, exc: BaseException) -> None:
+        """A queue item that could not become a record (an odd payload): dropped and counted, one ``bad_value``
+        event per kind of item."""
+        self._bad_value(f"of queue item {tag}", f" could not be recorded ({_exc(exc)})")
+
     def _emit(self, kind: str, step: int | None, ts: float, data: dict[str, Any]) -> None:
-        self._seq += 1
-        rec = protocol.Record(kind, self._seq, step, ts, data)
-        body = protocol.encode(rec)
+        rec = protocol.Record(kind, self._seq + 1, step, ts, data)
+        body = protocol.encode(rec)  # first: a payload that cannot be encoded leaves no gap in the sequence
+        self._seq = rec.seq
         self._ring.append((rec.seq, body))
         if self._pub is not None:
             self._outbox.append((kind, body))
@@ -535,7 +598,9 @@ class AgentThread(threading.Thread):
                 self._diag = None
                 msg = f"alert diagnosis is off: {type(exc).__name__}: {exc}; training goes on"
                 _warn(msg)
-                self._emit(protocol.EVENT, rec.step, time.time(), {"what": "diagnosis_off", "message": msg[:500]})
+                self._emit(
+                    protocol.EVENT, rec.step, time.time(), {"what": "diagnosis_off", "message": msg[:500]}
+                )
                 return
             for r in out:
                 self._emit(r.kind, r.step, r.ts, r.data)
@@ -592,6 +657,7 @@ class AgentThread(threading.Thread):
             frames = self._router.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+        self.requests_served += 1
         ident, body = frames[0], frames[-1]
         try:
             req = protocol.decode(body) if len(frames) >= 2 else None
@@ -600,6 +666,18 @@ class AgentThread(threading.Thread):
         except protocol.ProtocolError as exc:
             self._reply(ident, protocol.ERROR, {"message": f"bad request: {exc}"})
             return
+        if (
+            req.kind != protocol.COMMAND and self._request_key is not None
+        ):  # commands carry their own signature
+            from .commands import check_request
+
+            why = check_request(self._request_key, req.kind, req.data)
+            if why is not None:
+                self.requests_refused += 1
+                self._reply(
+                    ident, protocol.ERROR, {"message": f"{req.kind} refused: {why}", "reason": "auth"}
+                )
+                return
         if req.kind == protocol.SNAPSHOT_REQ:
             after, limit = req.data.get("after", 0), req.data.get("limit", SNAPSHOT_LIMIT)
             if not isinstance(after, int) or not isinstance(limit, int) or after < 0 or limit < 1:
@@ -651,20 +729,44 @@ def _is_tensor(v: Any) -> bool:
 
 
 def _read_tensors(tensors: list[Any]) -> dict[int, float]:
-    """Read many one-element tensors with one device-to-host copy per device (on the agent thread)."""
+    """Read many one-element tensors with one device-to-host copy per device (on the agent thread). A tensor
+    that cannot be read so (a sparse or meta tensor) is left out: :meth:`AgentThread._numbers` then tries it
+    alone, and drops and counts it."""
     import torch
 
     out: dict[int, float] = {}
     by_device: dict[Any, list[Any]] = {}
     for t in tensors:
-        if t.numel() == 1:
-            by_device.setdefault(t.device, []).append(t)
+        try:
+            if t.numel() == 1 and t.layout == torch.strided and t.device.type != "meta":
+                by_device.setdefault(t.device, []).append(t)
+        except Exception:
+            continue
     for ts in by_device.values():
-        with torch.no_grad():
-            flat = torch.stack([t.detach().reshape(()).to(torch.float64) for t in ts]).cpu().tolist()
+        try:
+            with torch.no_grad():
+                flat = torch.stack([t.detach().reshape(()).to(torch.float64) for t in ts]).cpu().tolist()
+        except Exception:  # an odd tensor among them: each is then read on its own
+            continue
         for t, v in zip(ts, flat, strict=True):
             out[id(t)] = v
     return out
+
+
+def _exc(exc: BaseException) -> str:
+    """``Type: message`` of an exception, short, even when its ``__str__`` raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"[:200]
+    except Exception:
+        return type(exc).__name__
+
+
+def _short_repr(obj: Any) -> str:
+    """``repr(obj)``, short, even when its ``__repr__`` raises."""
+    try:
+        return repr(obj)[:100]
+    except Exception:
+        return f"<{type(obj).__name__}>"
 
 
 def _was_skipped(found_inf: Any) -> bool:
