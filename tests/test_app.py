@@ -117,7 +117,7 @@ async def test_m_and_y_toggle_smoothing_and_log_y(recorded_run: Path) -> None:
         chart = app.overview.query_one(MetricChart)
         renders = chart.renders
         await pilot.press("m")
-        await pilot.pause()
+        await until(pilot, lambda: chart.renders > renders, what="a repaint after m")
         assert chart.smoothing and "EMA smoothing" in chart.title
         assert chart.renders > renders
         await pilot.press("y")
@@ -300,16 +300,20 @@ async def test_nan_and_inf_values_do_not_break_rows_or_chart() -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         app.post_message(SourceUpdated(SourceUpdate(records, status="live")))
-        await until(pilot, lambda: "nan" in plain(app.overview.query_one(MetricList).row("loss")), what="rows")
+        await until(
+            pilot,
+            lambda: all(mark in plain(app.overview.query_one(MetricList).row("loss")) for mark in ("nan", "×")),
+            what="the row with its value and its sparkline's NaN mark",
+        )
         row = app.overview.query_one(MetricList).row("loss")
         assert row is not None and "nan" in plain(row) and "×" in plain(row)
         chart = app.overview.query_one(MetricChart)
         renders = chart.renders
         await pilot.press("y")  # log y: the -0.1 is hidden, and says so
-        await pilot.pause()
+        await until(pilot, lambda: chart.renders > renders, what="a repaint after y")  # the 10 Hz timer paints
         assert chart.title == "loss · log y (≤0 hidden)" and chart.renders > renders
         await pilot.press("m")
-        await pilot.pause()
+        await until(pilot, lambda: chart.renders > renders + 1, what="a repaint after m")
         assert chart.renders > renders + 1
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from cmdtools import Trainer, file_records, scalar_after, tuimon
 
-from tuimon_agent import protocol
+from tuimon.runs import resolve
+from tuimon_agent import discovery, protocol
 
 # Real trainers in subprocesses or long real runs: in the full suite, not in -m "not slow".
 pytestmark = pytest.mark.slow
@@ -148,6 +149,10 @@ def test_a_finished_run_and_a_dead_one_say_so(tmp_path: Path) -> None:
         t2.stop()
 
 
-def test_a_run_named_by_endpoint_is_read_only(trainer: Trainer) -> None:
-    r = tuimon("send", trainer.info.pub, "set-lr", "0.1")
+def test_a_run_named_by_endpoint_is_read_only_unless_it_is_one_of_yours(trainer: Trainer) -> None:
+    # This user's own live run, named by its endpoint: its connection file (and so its key) is found.
+    info = resolve(trainer.info.pub)
+    assert isinstance(info, discovery.ConnectionInfo) and info.key == trainer.info.key
+    # An endpoint that no connection file of this user names: no key, so no commands.
+    r = tuimon("send", "ipc:///tmp/tuimon-no-such-run.pub", "set-lr", "0.1")
     assert r.returncode == 2 and "read-only" in r.stderr, r.stderr

@@ -117,7 +117,7 @@ async def test_a_paused_run_says_so_in_the_header_and_the_notices_in_words(train
     app = make_app(LiveSource(trainer.info, follow_restarts=False))
     async with app.run_test(size=(120, 30)) as pilot:
         app = await _live(pilot)
-        assert "● live" in _header(app)
+        await _until(pilot, lambda: "● live" in _header(app), "the header live")  # its 10 Hz repaint
         await pilot.press("p")
         await _until(
             pilot, lambda: "paused at step" in _notice(app), "paused", on_timeout=lambda: _notice(app)
